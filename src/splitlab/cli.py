@@ -1,0 +1,496 @@
+"""The ``splitlab`` command line.
+
+Every command is a thin layer over the Python API: it parses options,
+calls the API, and presents the result.  A user's mistake becomes one line
+on standard error and the exit code of its :mod:`splitlab.errors` class;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from splitlab.errors import SplitlabError
+from splitlab.experiment import default_workspace, prepare_weights, run_scenario
+from splitlab.models import MODELS, build_model
+from splitlab.plan import ALGORITHMS, PlanningProblem, make_plan
+from splitlab.profile import NodeProfile, StageProfile, profile_model
+from splitlab.report import RunSummary, summarise
+from splitlab.results import ResultStore
+from splitlab.scenario import Scenario, load_scenario
+from splitlab.schedule import SCHEDULERS
+from splitlab.weights import held_out, load_trained
+from splitlab.workload import generate_tasks
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _ms(value_s: float) -> str:
+    return "-" if math.isnan(value_s) else f"{value_s * 1e3:.1f}"
+
+
+class _Command(click.Group):
+    """Turns splitlab's errors into one line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SplitlabError as error:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(error.exit_code)
+
+
+@click.group(cls=_Command)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """splitlab: partition models between devices and a base station, and
+    measure every task's delay."""
+    ctx.obj = {"debug": debug}
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _scenario(
+    path: str | None,
+    *,
+    algorithm: str | None = None,
+    scheduler: str | None = None,
+    tasks: int | None = None,
+    data: Path | None = None,
+) -> Scenario:
+    scenario = load_scenario(path)
+    overrides: dict[str, Any] = {
+        "algorithm": algorithm,
+        "scheduler": scheduler,
+        "workload.tasks_per_device": tasks,
+    }
+    if data is not None:
+        overrides["data.dataset"] = "cifar10"
+        overrides["data.dir"] = str(data)
+    return scenario.with_overrides(**overrides)
+
+
+_workspace_option = click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the results store (default: $SPLITLAB_WORKSPACE or ./workspace).",
+)
+
+
+@main.command()
+@click.argument("scenario", required=False)
+@click.option("--algorithm", type=click.Choice(sorted(ALGORITHMS)), default=None)
+@click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None)
+@click.option(
+    "--tasks", type=click.IntRange(min=1), default=None, help="Tasks per device."
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A local CIFAR-10 folder (binary or python batches).",
+)
+@click.option(
+    "--limit",
+    "limit_mechanism",
+    default=None,
+    type=click.Choice(["cgroup-v2", "cgroup-v1", "cpulimit", "sigstop"]),
+    help="Force a CPU limit mechanism (default: the best available).",
+)
+@_workspace_option
+def run(
+    *,
+    scenario: str | None,
+    algorithm: str | None,
+    scheduler: str | None,
+    tasks: int | None,
+    data: Path | None,
+    limit_mechanism: Any,
+    workspace: Path | None,
+) -> None:
+    """Run SCENARIO (a YAML file; the bundled default when omitted)."""
+    loaded = _scenario(
+        scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
+    )
+    console.print(
+        f"[bold]{loaded.name}[/]: {len(loaded.devices)} devices, model "
+        f"{loaded.model}, algorithm {loaded.algorithm}, scheduler {loaded.scheduler}"
+    )
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=False,
+    )
+    bars: dict[str, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "connected":
+            progress.log(f"{event['node']} connected (pid {event['pid']})")
+        elif kind == "profiled":
+            progress.log(
+                f"{event['node']} profiled: whole model {_ms(event['total_s'])} ms"
+            )
+        elif kind == "plan":
+            progress.log(_plan_text(event))
+        elif kind == "started":
+            for device in loaded.devices:
+                bars[device.name] = progress.add_task(
+                    device.name, total=loaded.workload.tasks_per_device
+                )
+        elif kind == "task":
+            progress.update(bars[event["node"]], completed=event["done"])
+        elif kind == "device_failed":
+            progress.log(f"[red]{event['node']} failed:[/] {event['reason']}")
+        elif kind == "verified":
+            progress.log(
+                f"verified {event['matched']}/{event['total']} tasks against the "
+                f"unsplit model (max |diff| {event['max_abs_diff']:.2e})"
+            )
+
+    with progress:
+        outcome = run_scenario(
+            loaded,
+            workspace=workspace,
+            on_event=on_event,
+            progress=True,
+            limit_mechanism=limit_mechanism,
+        )
+    weights = outcome.weights
+    source = "trained now" if weights.trained_now else "cached"
+    console.print(
+        f"weights {source}: {weights.path} (test accuracy {weights.test_accuracy:.1%})"
+    )
+    with ResultStore(outcome.store) as store:
+        _print_summary(summarise(store, outcome.run_id))
+    console.print(f"results: {outcome.store} (run {outcome.run_id})")
+    if outcome.status != "completed":
+        errors.print(f"[bold red]run incomplete:[/] {outcome.reason}", highlight=False)
+        sys.exit(5)
+
+
+def _plan_text(event: dict[str, Any]) -> str:
+    names = event["stage_names"]
+    parts = []
+    for device, cut in event["cuts"].items():
+        where = (
+            "local only"
+            if cut == len(names)
+            else ("offload all" if cut == 0 else f"after {names[cut - 1]}")
+        )
+        parts.append(f"{device}: k={cut} ({where})")
+    return (
+        f"plan by {event['algorithm']}: "
+        + ", ".join(parts)
+        + f"; predicted mean delay {_ms(event['predicted_mean_s'])} ms"
+    )
+
+
+def _print_summary(summary: RunSummary) -> None:
+    run = summary.run
+    table = Table(
+        title=f"run {run.run_id} ({run.name}): {run.algorithm}, {run.scheduler}, "
+        f"{run.status}",
+        title_justify="left",
+    )
+    for header in (
+        "device",
+        "cut",
+        "tasks",
+        "mean ms",
+        "p50 ms",
+        "p95 ms",
+        "device ms",
+        "link ms",
+        "BS wait ms",
+        "BS ms",
+        "predicted ms",
+        "pred. err",
+    ):
+        table.add_column(header, justify="left" if header == "device" else "right")
+    for row in summary.rows:
+        table.add_row(
+            row.group,
+            "" if row.cut is None else str(row.cut),
+            f"{row.tasks}/{row.expected}",
+            _ms(row.mean_s),
+            _ms(row.p50_s),
+            _ms(row.p95_s),
+            _ms(row.device_s),
+            _ms(row.transmission_s),
+            _ms(row.bs_wait_s),
+            _ms(row.bs_s),
+            _ms(row.predicted_mean_s),
+            "-" if math.isnan(row.prediction_error) else f"{row.prediction_error:.0%}",
+            end_section=row.group == summary.rows[-2].group,
+        )
+    console.print(table)
+    accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    console.print(
+        f"split output equals the unsplit model for {summary.matched} of "
+        f"{summary.verified} tasks; accuracy {accuracy}; CPU limits by "
+        f"{', '.join(summary.limit_mechanisms) or '-'}"
+    )
+    if run.reason:
+        console.print(f"reason: {run.reason}")
+
+
+@main.command()
+@click.argument("run_id", type=int, required=False)
+@_workspace_option
+def summary(run_id: int | None, workspace: Path | None) -> None:
+    """Print the summary of RUN_ID (the latest run when omitted)."""
+    path = (workspace or default_workspace()) / "results.sqlite"
+    if not path.exists():
+        raise SplitlabError(f"no results store at {path}")
+    with ResultStore(path) as store:
+        chosen = run_id if run_id is not None else store.latest_run_id()
+        if chosen is None:
+            raise SplitlabError(f"{path} holds no runs")
+        _print_summary(summarise(store, chosen))
+
+
+@main.command()
+@_workspace_option
+def runs(workspace: Path | None) -> None:
+    """List the runs in the workspace's store."""
+    path = (workspace or default_workspace()) / "results.sqlite"
+    if not path.exists():
+        raise SplitlabError(f"no results store at {path}")
+    table = Table("run", "scenario", "algorithm", "scheduler", "status", "reason")
+    with ResultStore(path) as store:
+        for record in store.runs():
+            table.add_row(
+                str(record.run_id),
+                record.name,
+                record.algorithm,
+                record.scheduler,
+                record.status,
+                record.reason or "",
+            )
+    console.print(table)
+
+
+@main.command()
+@click.argument("model", type=click.Choice(sorted(MODELS)))
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the profile as JSON to this file.",
+)
+def profile(model: str, warmup: int, repeats: int, json_path: Path | None) -> None:
+    """Time every stage of MODEL on this machine (one thread, batch of one)."""
+    import torch
+
+    torch.set_num_threads(1)
+    staged = build_model(model).eval()
+    sample = torch.randn(1, *staged.input_shape)
+    result = profile_model(staged, sample, node="local", warmup=warmup, repeats=repeats)
+    _print_profile(result)
+    if json_path is not None:
+        from splitlab.profile import profile_to_dict
+
+        json_path.write_text(json.dumps(profile_to_dict(result), indent=2))
+        console.print(f"wrote {json_path}")
+
+
+def _print_profile(result: NodeProfile) -> None:
+    table = Table(title=f"{result.model} on {result.node}", title_justify="left")
+    for header in ("k", "stage", "median ms", "p95 ms", "output bytes", "param bytes"):
+        table.add_column(header, justify="left" if header == "stage" else "right")
+    table.add_row("0", "(input)", "", "", str(result.input_bytes), "")
+    for index, stage in enumerate(result.stages, start=1):
+        table.add_row(
+            str(index),
+            stage.name,
+            f"{stage.median_s * 1e3:.3f}",
+            f"{stage.p95_s * 1e3:.3f}",
+            str(stage.output_bytes),
+            str(stage.param_bytes),
+        )
+    console.print(table)
+
+
+@main.command()
+@click.argument("scenario", required=False)
+@click.option("--algorithm", type=click.Choice(sorted(ALGORITHMS)), default=None)
+@click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None)
+@click.option("--tasks", type=click.IntRange(min=1), default=None)
+@_workspace_option
+def plan(
+    *,
+    scenario: str | None,
+    algorithm: str | None,
+    scheduler: str | None,
+    tasks: int | None,
+    workspace: Path | None,
+) -> None:
+    """Print the scheme and predicted delays for SCENARIO without running it.
+
+    Profiles come from the newest run of the same model in the workspace;
+    without one, the model is profiled here and each device's times are
+    this machine's divided by the device's CPU share.
+    """
+    loaded = _scenario(scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks)
+    bs_profile, device_profiles, source = _planning_profiles(loaded, workspace)
+    data = held_out(
+        loaded.data.dataset,
+        data_dir=loaded.data.dir,
+        test_fraction=loaded.training.test_fraction,
+        seed=loaded.seed,
+    )
+    problem = PlanningProblem(
+        device_profiles=device_profiles,
+        bs_profile=bs_profile,
+        links={device.name: device.link.spec() for device in loaded.devices},
+        tasks=generate_tasks(
+            [device.name for device in loaded.devices],
+            tasks_per_device=loaded.workload.tasks_per_device,
+            period_s=loaded.workload.period_ms / 1e3,
+            arrivals=loaded.workload.arrivals,
+            num_samples=len(data.labels),
+            seed=loaded.seed,
+        ),
+        scheduler=loaded.scheduler,
+        workers=loaded.base_station.workers,
+        device_memory_bytes={d.name: d.memory_bytes for d in loaded.devices},
+    )
+    result = make_plan(loaded.algorithm, problem)
+    console.print(f"profiles: {source}")
+    table = Table(
+        title=f"plan by {result.algorithm} ({loaded.scheduler})", title_justify="left"
+    )
+    for header in (
+        "device",
+        "cut",
+        "after stage",
+        "mean ms",
+        "max ms",
+        "device ms",
+        "link ms",
+        "BS wait ms",
+        "BS ms",
+    ):
+        table.add_column(header, justify="left" if header == "device" else "right")
+    for device, cut in result.cuts.items():
+        own = [p for p in result.predictions if p.device == device]
+        count = len(own)
+        table.add_row(
+            device,
+            str(cut),
+            bs_profile.stages[cut - 1].name if cut else "(input)",
+            _ms(sum(p.delay_s for p in own) / count),
+            _ms(max(p.delay_s for p in own)),
+            _ms(sum(p.device_wait_s + p.device_s for p in own) / count),
+            _ms(sum(p.transmission_s for p in own) / count),
+            _ms(sum(p.bs_wait_s for p in own) / count),
+            _ms(sum(p.bs_s for p in own) / count),
+        )
+    console.print(table)
+    console.print(
+        f"predicted mean delay {_ms(result.mean_delay_s)} ms, total "
+        f"{result.total_delay_s:.3f} s"
+    )
+
+
+def _planning_profiles(
+    scenario: Scenario, workspace: Path | None
+) -> tuple[NodeProfile, dict[str, NodeProfile], str]:
+    path = (workspace or default_workspace()) / "results.sqlite"
+    if path.exists():
+        with ResultStore(path) as store:
+            for record in reversed(store.runs()):
+                profiles = store.profiles(record.run_id)
+                bs = profiles.get(scenario.base_station.name)
+                if bs is None or bs.model != scenario.model:
+                    continue
+                devices = {
+                    d.name: profiles[d.name]
+                    for d in scenario.devices
+                    if d.name in profiles
+                }
+                if len(devices) == len(scenario.devices):
+                    return bs, devices, f"measured in run {record.run_id}"
+
+    import torch
+
+    torch.set_num_threads(scenario.base_station.threads)
+    weights = prepare_weights(scenario, progress=True)
+    data = held_out(
+        scenario.data.dataset,
+        data_dir=scenario.data.dir,
+        test_fraction=scenario.training.test_fraction,
+        seed=scenario.seed,
+    )
+    model = load_trained(scenario.model, weights.path, classes=len(data.classes))
+    bs = profile_model(
+        model,
+        torch.from_numpy(data.images[0][None]),
+        node=scenario.base_station.name,
+        warmup=scenario.profiling.warmup,
+        repeats=scenario.profiling.repeats,
+    )
+    devices = {
+        device.name: NodeProfile(
+            node=device.name,
+            model=bs.model,
+            input_bytes=bs.input_bytes,
+            stages=tuple(
+                StageProfile(
+                    s.name,
+                    s.median_s / device.share,
+                    s.p95_s / device.share,
+                    s.output_bytes,
+                    s.param_bytes,
+                )
+                for s in bs.stages
+            ),
+        )
+        for device in scenario.devices
+    }
+    return bs, devices, "this machine's, devices scaled by their CPU share"
+
+
+@main.command()
+def models() -> None:
+    """List the models splitlab can partition."""
+    for info in MODELS.values():
+        console.print(f"{info.name:16} {info.description}")
+
+
+@main.command()
+def algorithms() -> None:
+    """List the partitioning algorithms."""
+    for name, algorithm in sorted(ALGORITHMS.items()):
+        doc = (algorithm.__doc__ or "").strip().splitlines()
+        console.print(f"{name:14} {doc[0] if doc else ''}")
+
+
+@main.command()
+def schedulers() -> None:
+    """List the base station schedulers."""
+    for name, scheduler in sorted(SCHEDULERS.items()):
+        doc = (scheduler.__doc__ or "").strip().splitlines()
+        console.print(f"{name:8} {doc[0] if doc else ''}")

@@ -1,0 +1,245 @@
+"""Running a scenario end to end: the Python API the CLI calls.
+
+:func:`run_scenario` trains or loads the model's weights, opens the results
+store, starts the base station and the devices on the testbed, relays the
+station's progress events, and makes sure the run's row ends ``completed`` or
+``incomplete`` with a reason, whatever happened to the processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+
+import splitlab
+from splitlab.data import load_dataset
+from splitlab.errors import TestbedError
+from splitlab.limit import Mechanism
+from splitlab.results import NodeRecord, ResultStore
+from splitlab.scenario import Scenario
+from splitlab.station import StationConfig
+from splitlab.testbed import LocalTestbed
+from splitlab.weights import TrainedWeights, ensure_weights
+
+logger = logging.getLogger(__name__)
+
+OnEvent = Callable[[dict[str, Any]], None]
+STORE_NAME = "results.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended.
+
+    Attributes
+    ----------
+    run_id:
+        The run's id in the store.
+    status:
+        ``completed`` or ``incomplete``.
+    reason:
+        Why the run is incomplete, or ``None``.
+    store:
+        The results store file.
+    weights:
+        The weights the run used.
+    limit_mechanism:
+        How the device processes were held to their CPU shares.
+    """
+
+    run_id: int
+    status: str
+    reason: str | None
+    store: Path
+    weights: TrainedWeights
+    limit_mechanism: str
+
+
+def default_workspace() -> Path:
+    """``$SPLITLAB_WORKSPACE``, else ``./workspace``."""
+    return Path(os.environ.get("SPLITLAB_WORKSPACE", "workspace"))
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts stored with every run."""
+    revision = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
+    return {
+        "splitlab": splitlab.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "machine": platform.machine(),
+        "system": platform.platform(),
+        "cpus": os.cpu_count(),
+        "revision": revision,
+    }
+
+
+def prepare_weights(scenario: Scenario, *, progress: bool = False) -> TrainedWeights:
+    """Load the scenario's model weights from the cache, training them if absent."""
+    data = load_dataset(scenario.data.dataset, data_dir=scenario.data.dir)
+    return ensure_weights(
+        scenario.model,
+        data,
+        epochs=scenario.training.epochs,
+        test_fraction=scenario.training.test_fraction,
+        seed=scenario.seed,
+        progress=progress,
+    )
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    workspace: Path | None = None,
+    on_event: OnEvent | None = None,
+    progress: bool = False,
+    limit_mechanism: Mechanism | None = None,
+    on_started: Callable[[LocalTestbed], None] | None = None,
+) -> RunOutcome:
+    """Run ``scenario`` on the local testbed and record it.
+
+    Parameters
+    ----------
+    scenario:
+        The validated scenario.
+    workspace:
+        Folder of the results store; :func:`default_workspace` when omitted.
+    on_event:
+        Receives every progress event of the base station (a dict with an
+        ``event`` key: ``connected``, ``profiled``, ``plan``, ``task``...).
+    progress:
+        Show a progress bar while training.
+    limit_mechanism:
+        Force a CPU limit mechanism instead of the best available.
+    on_started:
+        Called with the testbed once every process runs (for fault injection).
+    """
+    weights = prepare_weights(scenario, progress=progress)
+    store_path = (workspace or default_workspace()) / STORE_NAME
+    store = ResultStore(store_path)
+    run_id = store.create_run(
+        name=scenario.name,
+        scenario_yaml=scenario.to_yaml(),
+        scenario_hash=scenario.fingerprint(),
+        seed=scenario.seed,
+        algorithm=scenario.algorithm,
+        scheduler=scenario.scheduler,
+        environment=environment(),
+        test_accuracy=weights.test_accuracy,
+    )
+    secret = secrets.token_bytes(32)
+    testbed = LocalTestbed(
+        scenario, prefix=f"r{run_id}p{os.getpid()}", prefer=limit_mechanism
+    )
+    reason: str | None = None
+    try:
+        events = testbed.start_station(
+            StationConfig(
+                run_id=run_id,
+                store=store_path,
+                scenario_yaml=scenario.to_yaml(),
+                weights=weights.path,
+                secret=secret,
+            )
+        )
+        first = next(events, None)
+        if first is None or first.get("event") != "listening":
+            raise TestbedError(f"the base station did not start (said {first!r})")
+        if on_event:
+            on_event(first)
+        _record_nodes(
+            store,
+            run_id=run_id,
+            scenario=scenario,
+            testbed=testbed,
+            secret=secret,
+            port=int(first["port"]),
+        )
+        if on_started:
+            on_started(testbed)
+        for event in events:
+            if on_event:
+                on_event(event)
+        code = testbed.station_exit_code()
+        if code not in (0, 5):
+            reason = f"the base station exited with code {code}"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+        raise
+    finally:
+        testbed.close()
+        if store.run(run_id).status == "running":
+            store.finish_run(run_id, "incomplete", reason or "the run was stopped")
+        record = store.run(run_id)
+        store.close()
+    return RunOutcome(
+        run_id=run_id,
+        status=record.status,
+        reason=record.reason,
+        store=store_path,
+        weights=weights,
+        limit_mechanism=testbed.mechanism,
+    )
+
+
+def _record_nodes(
+    store: ResultStore,
+    *,
+    run_id: int,
+    scenario: Scenario,
+    testbed: LocalTestbed,
+    secret: bytes,
+    port: int,
+) -> None:
+    assert testbed.station is not None
+    store.record_node(
+        run_id,
+        NodeRecord(
+            node=scenario.base_station.name,
+            role="bs",
+            pid=testbed.station.pid,
+            cpu_share=None,
+            memory_bytes=None,
+            limit_mechanism=None,
+        ),
+    )
+    for device in testbed.start_devices(port=port, secret=secret):
+        link = device.config.link
+        store.record_node(
+            run_id,
+            NodeRecord(
+                node=device.config.name,
+                role="device",
+                pid=device.process.pid,
+                cpu_share=device.limit.cpu_share,
+                memory_bytes=device.limit.memory_bytes,
+                limit_mechanism=device.limit.mechanism,
+                limit_commands=device.limit.commands,
+                link={
+                    "latency_ms": link.latency_ms,
+                    "rate_mbps": link.rate_mbps,
+                    "jitter_ms": link.jitter_ms,
+                },
+            ),
+        )

@@ -1,0 +1,696 @@
+"""The base station: collects profiles, plans, and serves offloaded tails.
+
+The station is its own process.  It waits for every device of the scenario
+to connect and authenticate, profiles the model on itself while the devices
+profile on themselves, computes the scheme with the scenario's algorithm,
+sends each device its cut and its tasks, and then completes every offloaded
+task's remaining stages on its worker threads in the order the scheduler
+chooses.  Each finished task is committed to the results store at once.  At
+the end every task's output is checked against the unsplit model.
+
+Started by the testbed as ``python -m splitlab.station``, it reads one JSON
+line on standard input (see :class:`StationConfig`) and reports progress as
+JSON lines on standard output, one event per line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from splitlab.data import Dataset
+from splitlab.errors import ProtocolError, SplitlabError, TestbedError
+from splitlab.models import StagedModel
+from splitlab.plan import Plan, PlanningProblem, make_plan
+from splitlab.profile import NodeProfile, profile_from_dict, profile_model
+from splitlab.results import PredictionRecord, ResultStore, RunStatus, TaskRecord
+from splitlab.scenario import Scenario, parse_scenario
+from splitlab.schedule import Job, Scheduler, make_scheduler
+from splitlab.weights import held_out, load_trained
+from splitlab.wire import Channel, ConnectionClosed, Message, MessageKind, decode_tensor
+from splitlab.workload import TaskSpec, generate_tasks
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[..., None]
+
+CONNECT_TIMEOUT_S = 120.0
+PROFILE_TIMEOUT_S = 600.0
+START_DELAY_S = 0.5
+# A run is given this much longer than the plan predicts before the devices
+# that have not finished are declared hung.
+RUN_SLACK_FACTOR = 3.0
+RUN_SLACK_S = 60.0
+# Split and whole-model logits may differ by float rounding only.
+LOGIT_RTOL = 1e-4
+LOGIT_ATOL = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
+class StationConfig:
+    """What the testbed tells the station when it starts it."""
+
+    run_id: int
+    store: Path
+    scenario_yaml: str
+    weights: Path
+    secret: bytes
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    @classmethod
+    def from_json(cls, line: str) -> StationConfig:
+        """Parse the start-up line."""
+        data = json.loads(line)
+        try:
+            return cls(
+                run_id=int(data["run_id"]),
+                store=Path(data["store"]),
+                scenario_yaml=str(data["scenario_yaml"]),
+                weights=Path(data["weights"]),
+                secret=bytes.fromhex(data["secret"]),
+                host=str(data.get("host", "127.0.0.1")),
+                port=int(data.get("port", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"bad station configuration: {error!r}") from None
+
+    def to_json(self) -> str:
+        """The start-up line :meth:`from_json` reads."""
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "store": str(self.store),
+                "scenario_yaml": self.scenario_yaml,
+                "weights": str(self.weights),
+                "secret": self.secret.hex(),
+                "host": self.host,
+                "port": self.port,
+            }
+        )
+
+
+@dataclass(slots=True)
+class _Device:
+    """The station's view of one connected device (mutated under the lock)."""
+
+    name: str
+    channel: Channel
+    expected: int = 0
+    recorded: int = 0
+    sent_all: bool = False
+    failure: str | None = None
+
+
+@dataclass(slots=True)
+class _Offloaded:
+    """An offloaded task in flight at the station (mutated by one worker)."""
+
+    spec: TaskSpec
+    cut: int
+    tensor: torch.Tensor
+    arrival_at: float
+    started_at: float
+    finished_at: float
+    received_at: float
+    cut_bytes: int
+    compute_s: float = 0.0
+
+
+class BaseStation:
+    """One run's base station.
+
+    Parameters
+    ----------
+    config:
+        The run, its store and secret.
+    emit:
+        Called as ``emit(kind, **fields)`` for every progress event.
+    """
+
+    def __init__(self, config: StationConfig, emit: Emit) -> None:
+        self.config = config
+        self._emit = emit
+        self.scenario: Scenario = parse_scenario(
+            yaml.safe_load(config.scenario_yaml), source="run scenario"
+        )
+        self.store = ResultStore(config.store)
+        self._store_lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._devices: dict[str, _Device] = {}
+        self._inflight: dict[int, _Offloaded] = {}
+        self._busy_workers = 0
+        self._stopping = False
+        self._start_at = 0.0
+        self._tasks: dict[int, TaskSpec] = {}
+        self._plan: Plan | None = None
+        self._scheduler: Scheduler = make_scheduler(self.scenario.scheduler)
+        self.model: StagedModel | None = None
+        self.data: Dataset | None = None
+        self._bs_stage_s: tuple[float, ...] = ()
+
+    # Events ----------------------------------------------------------------
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Report an event to the testbed and keep it in the run's log."""
+        self._emit(kind, **fields)
+        with self._store_lock:
+            self.store.record_event(
+                self.config.run_id,
+                str(fields.get("node", self.scenario.base_station.name)),
+                kind,
+                json.dumps(fields, sort_keys=True),
+            )
+
+    # The run ---------------------------------------------------------------
+
+    def serve(self) -> tuple[str, str | None]:
+        """Run the whole experiment; return the run's status and reason."""
+        torch.set_num_threads(self.scenario.base_station.threads)
+        listener = socket.create_server((self.config.host, self.config.port))
+        try:
+            self.emit("listening", port=listener.getsockname()[1])
+            self._accept_devices(listener)
+        finally:
+            listener.close()
+
+        profiles, bs_profile = self._profile()
+        plan = self._make_plan(profiles, bs_profile)
+        self._execute(plan)
+        self._verify()
+
+        failures = [
+            f"{device.name}: {device.failure}"
+            for device in self._devices.values()
+            if device.failure
+        ]
+        status: RunStatus = "incomplete" if failures else "completed"
+        reason = "; ".join(failures) or None
+        with self._store_lock:
+            self.store.finish_run(self.config.run_id, status, reason)
+        self.emit("finished", status=status, reason=reason)
+        return status, reason
+
+    def close(self) -> None:
+        """Close every connection and the store."""
+        for device in self._devices.values():
+            device.channel.close()
+        self.store.close()
+
+    def _accept_devices(self, listener: socket.socket) -> None:
+        expected = {device.name for device in self.scenario.devices}
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while set(self._devices) != expected:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                missing = ", ".join(sorted(expected - set(self._devices)))
+                raise TestbedError(
+                    f"devices {missing} did not connect within "
+                    f"{CONNECT_TIMEOUT_S:.0f} s"
+                )
+            listener.settimeout(remaining_s)
+            try:
+                sock, address = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                channel = Channel.accept(
+                    sock, secret=self.config.secret, timeout_s=10.0
+                )
+                hello = channel.recv(timeout_s=10.0)
+            except (ProtocolError, TimeoutError, OSError) as error:
+                logger.warning("refused a connection from %s: %s", address, error)
+                sock.close()
+                continue
+            node = channel.node
+            if (
+                hello.kind != MessageKind.HELLO
+                or node not in expected
+                or node in self._devices
+            ):
+                logger.warning(
+                    "refused %s from %s: unknown or duplicate", node, address
+                )
+                channel.close()
+                continue
+            self._devices[node] = _Device(node, channel)
+            self.emit(
+                "connected",
+                node=node,
+                pid=hello.header.get("pid"),
+                rss_bytes=hello.header.get("rss_bytes"),
+            )
+
+    def _profile(self) -> tuple[dict[str, NodeProfile], NodeProfile]:
+        scenario = self.scenario
+        data_dir = scenario.data.dir
+        for config in scenario.devices:
+            link = config.link.spec()
+            self._devices[config.name].channel.send(
+                MessageKind.PROFILE,
+                {
+                    "model": scenario.model,
+                    "weights": str(self.config.weights),
+                    "dataset": scenario.data.dataset,
+                    "data_dir": None if data_dir is None else str(data_dir),
+                    "test_fraction": scenario.training.test_fraction,
+                    "seed": scenario.seed,
+                    "sample": 0,
+                    "warmup": scenario.profiling.warmup,
+                    "repeats": scenario.profiling.repeats,
+                    "link": {
+                        "latency_s": link.latency_s,
+                        "rate_bps": link.rate_bps,
+                        "jitter_s": link.jitter_s,
+                    },
+                },
+            )
+
+        # The station profiles itself while the devices do the same.
+        self.data = held_out(
+            scenario.data.dataset,
+            data_dir=data_dir,
+            test_fraction=scenario.training.test_fraction,
+            seed=scenario.seed,
+        )
+        self.model = load_trained(
+            scenario.model, self.config.weights, classes=len(self.data.classes)
+        )
+        bs_name = scenario.base_station.name
+        bs_profile = profile_model(
+            self.model,
+            torch.from_numpy(self.data.images[0][None]),
+            node=bs_name,
+            warmup=scenario.profiling.warmup,
+            repeats=scenario.profiling.repeats,
+        )
+        self._bs_stage_s = tuple(stage.median_s for stage in bs_profile.stages)
+        with self._store_lock:
+            self.store.record_profile(self.config.run_id, bs_profile)
+        self.emit("profiled", node=bs_name, total_s=bs_profile.tail_s(0))
+
+        profiles = {}
+        for name, device in self._devices.items():
+            reply = device.channel.recv(timeout_s=PROFILE_TIMEOUT_S)
+            if reply.kind != MessageKind.PROFILE:
+                raise ProtocolError(f"device {name} answered {reply.kind.name}")
+            profile = profile_from_dict(reply.header)
+            if profile.node != name or profile.num_stages != bs_profile.num_stages:
+                raise ProtocolError(
+                    f"device {name} sent a profile of {profile.num_stages} stages "
+                    f"for node {profile.node}; expected {bs_profile.num_stages}"
+                )
+            profiles[name] = profile
+            with self._store_lock:
+                self.store.record_profile(self.config.run_id, profile)
+            self.emit(
+                "profiled",
+                node=name,
+                total_s=profile.head_s(profile.num_stages),
+                rss_bytes=reply.header.get("rss_bytes"),
+            )
+        return profiles, bs_profile
+
+    def _make_plan(
+        self, profiles: dict[str, NodeProfile], bs_profile: NodeProfile
+    ) -> Plan:
+        scenario = self.scenario
+        assert self.data is not None
+        tasks = generate_tasks(
+            [device.name for device in scenario.devices],
+            tasks_per_device=scenario.workload.tasks_per_device,
+            period_s=scenario.workload.period_ms / 1e3,
+            arrivals=scenario.workload.arrivals,
+            num_samples=len(self.data.labels),
+            seed=scenario.seed,
+        )
+        self._tasks = {task.task_id: task for task in tasks}
+        problem = PlanningProblem(
+            device_profiles=profiles,
+            bs_profile=bs_profile,
+            links={device.name: device.link.spec() for device in scenario.devices},
+            tasks=tasks,
+            scheduler=scenario.scheduler,
+            workers=scenario.base_station.workers,
+            device_memory_bytes={
+                device.name: device.memory_bytes for device in scenario.devices
+            },
+        )
+        plan = make_plan(scenario.algorithm, problem)
+        predictions = [
+            PredictionRecord(
+                task_id=p.task_id,
+                device=p.device,
+                idx=p.index,
+                cut=p.cut,
+                arrival_s=p.arrival_s,
+                device_wait_s=p.device_wait_s,
+                device_s=p.device_s,
+                transmission_s=p.transmission_s,
+                bs_wait_s=p.bs_wait_s,
+                bs_s=p.bs_s,
+                delay_s=p.delay_s,
+            )
+            for p in plan.predictions
+        ]
+        with self._store_lock:
+            self.store.record_plan(self.config.run_id, plan.cuts, predictions)
+        self.emit(
+            "plan",
+            algorithm=plan.algorithm,
+            cuts=dict(plan.cuts),
+            predicted_mean_s=plan.mean_delay_s,
+            stage_names=[stage.name for stage in bs_profile.stages],
+        )
+        self._plan = plan
+        return plan
+
+    def _execute(self, plan: Plan) -> None:
+        for device in self._devices.values():
+            device.expected = sum(
+                1 for task in self._tasks.values() if task.device == device.name
+            )
+        workers = [
+            threading.Thread(target=self._work, name=f"bs-worker-{index}", daemon=True)
+            for index in range(self.scenario.base_station.workers)
+        ]
+        for worker in workers:
+            worker.start()
+
+        # Every device starts its clock at the same instant.
+        self._start_at = time.time() + START_DELAY_S
+        readers = []
+        for name, device in self._devices.items():
+            own = [
+                [task.task_id, task.sample, task.arrival_s]
+                for task in self._tasks.values()
+                if task.device == name
+            ]
+            device.channel.send(
+                MessageKind.PLAN,
+                {"cut": plan.cuts[name], "start_at": self._start_at, "tasks": own},
+            )
+            reader = threading.Thread(
+                target=self._read, args=(device,), name=f"bs-read-{name}", daemon=True
+            )
+            reader.start()
+            readers.append(reader)
+        self.emit("started", start_at=self._start_at, tasks=len(self._tasks))
+
+        predicted_end_s = max((p.end_s for p in plan.predictions), default=0.0)
+        deadline = (
+            time.time()
+            + START_DELAY_S
+            + (predicted_end_s * RUN_SLACK_FACTOR + RUN_SLACK_S)
+        )
+        with self._lock:
+            while not self._settled():
+                if time.time() > deadline:
+                    for device in self._devices.values():
+                        if device.failure is None and device.recorded < device.expected:
+                            device.failure = (
+                                f"hung: {device.recorded} of {device.expected} tasks "
+                                f"recorded by the deadline"
+                            )
+                    break
+                self._lock.wait(timeout=0.5)
+            self._stopping = True
+            self._lock.notify_all()
+        for device in self._devices.values():
+            if device.failure is None:
+                with contextlib.suppress(OSError):
+                    device.channel.send(MessageKind.BYE, {})
+        for worker in workers:
+            worker.join(timeout=30.0)
+
+    def _settled(self) -> bool:
+        if self._busy_workers or len(self._scheduler):
+            return False
+        return all(
+            device.failure is not None
+            or (device.sent_all and device.recorded >= device.expected)
+            for device in self._devices.values()
+        )
+
+    def _fail(self, device: _Device, reason: str) -> None:
+        with self._lock:
+            if device.failure is None and not (
+                device.sent_all and device.recorded >= device.expected
+            ):
+                device.failure = (
+                    f"{reason} after {device.recorded} of {device.expected} tasks"
+                )
+                self._lock.notify_all()
+            else:
+                return
+        self.emit("device_failed", node=device.name, reason=device.failure)
+
+    def _read(self, device: _Device) -> None:
+        while True:
+            try:
+                message = device.channel.recv(timeout_s=None)
+            except ConnectionClosed:
+                if not self._stopping:
+                    self._fail(device, "disconnected")
+                return
+            except (ProtocolError, OSError, TimeoutError) as error:
+                if not self._stopping:
+                    self._fail(device, f"connection error ({error})")
+                return
+            try:
+                self._handle(device, message)
+            except (ProtocolError, KeyError, TypeError, ValueError) as error:
+                self._fail(device, f"sent a malformed {message.kind.name} ({error})")
+                device.channel.close()
+                return
+
+    def _handle(self, device: _Device, message: Message) -> None:
+        received_at = time.time()
+        if message.kind == MessageKind.DONE:
+            with self._lock:
+                device.sent_all = True
+                self._lock.notify_all()
+            return
+        if message.kind not in (MessageKind.TENSOR, MessageKind.RESULT):
+            raise ProtocolError(f"unexpected {message.kind.name}")
+
+        header = message.header
+        task = self._tasks[int(header["task_id"])]
+        assert self._plan is not None and self.model is not None
+        cut = self._plan.cuts[device.name]
+        if task.device != device.name or int(header["cut"]) != cut:
+            raise ProtocolError(
+                f"task {task.task_id} with cut {header['cut']} does not belong to "
+                f"{device.name} at cut {cut}"
+            )
+        array = decode_tensor(header["tensor"], message.payload)
+        arrival_at = float(header["arrival_at"])
+        started_at = float(header["started_at"])
+        finished_at = float(header["finished_at"])
+
+        if message.kind == MessageKind.RESULT:
+            # The whole model ran on the device: nothing crossed the link.
+            self._record(
+                device,
+                task,
+                cut=cut,
+                arrival_at=arrival_at,
+                started_at=started_at,
+                finished_at=finished_at,
+                received_at=finished_at,
+                end_at=finished_at,
+                compute_s=0.0,
+                cut_bytes=0,
+                logits=np.asarray(array, dtype=np.float32).reshape(-1),
+            )
+            return
+
+        offloaded = _Offloaded(
+            spec=task,
+            cut=cut,
+            tensor=torch.from_numpy(array.copy()),
+            arrival_at=arrival_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            received_at=received_at,
+            cut_bytes=len(message.payload),
+        )
+        with self._lock:
+            self._inflight[task.task_id] = offloaded
+            self._scheduler.push(
+                Job(
+                    task_id=task.task_id,
+                    device=device.name,
+                    release_s=received_at - self._start_at,
+                    # The scheduler ranks jobs by the BS profile's estimate.
+                    stage_s=self._bs_stage_s[cut:],
+                )
+            )
+            self._lock.notify_all()
+
+    def _work(self) -> None:
+        assert self.model is not None
+        model = self.model
+        while True:
+            with self._lock:
+                piece = self._scheduler.pop()
+                while piece is None:
+                    if self._stopping:
+                        return
+                    self._lock.wait(timeout=0.5)
+                    piece = self._scheduler.pop()
+                self._busy_workers += 1
+                task = self._inflight[piece.job.task_id]
+
+            first = task.cut + piece.job.done
+            started = time.time()
+            with torch.inference_mode():
+                task.tensor = model.run(task.tensor, first, first + piece.stages)
+            ended = time.time()
+            task.compute_s += ended - started
+
+            with self._lock:
+                self._busy_workers -= 1
+                remaining = self._scheduler.finish(piece)
+                if remaining is None:
+                    del self._inflight[task.spec.task_id]
+                self._lock.notify_all()
+            if remaining is None:
+                self._record(
+                    self._devices[task.spec.device],
+                    task.spec,
+                    cut=task.cut,
+                    arrival_at=task.arrival_at,
+                    started_at=task.started_at,
+                    finished_at=task.finished_at,
+                    received_at=task.received_at,
+                    end_at=ended,
+                    compute_s=task.compute_s,
+                    cut_bytes=task.cut_bytes,
+                    logits=task.tensor.numpy().reshape(-1),
+                )
+
+    def _record(
+        self,
+        device: _Device,
+        task: TaskSpec,
+        *,
+        cut: int,
+        arrival_at: float,
+        started_at: float,
+        finished_at: float,
+        received_at: float,
+        end_at: float,
+        compute_s: float,
+        cut_bytes: int,
+        logits: np.ndarray[Any, Any],
+    ) -> None:
+        assert self.data is not None
+        record = TaskRecord(
+            task_id=task.task_id,
+            device=task.device,
+            idx=task.index,
+            sample=task.sample,
+            label=int(self.data.labels[task.sample]),
+            cut=cut,
+            arrival_s=arrival_at - self._start_at,
+            device_wait_s=started_at - arrival_at,
+            device_s=finished_at - started_at,
+            transmission_s=received_at - finished_at,
+            bs_wait_s=(end_at - received_at) - compute_s,
+            bs_s=compute_s,
+            delay_s=end_at - arrival_at,
+            cut_bytes=cut_bytes,
+            prediction=int(np.argmax(logits)),
+            logits=logits.astype(np.float32).tobytes(),
+            completed_at=end_at,
+        )
+        with self._store_lock:
+            self.store.record_task(self.config.run_id, record)
+        with self._lock:
+            device.recorded += 1
+            done = device.recorded
+            self._lock.notify_all()
+        self.emit(
+            "task",
+            node=device.name,
+            done=done,
+            expected=device.expected,
+            delay_s=record.delay_s,
+        )
+
+    def _verify(self) -> None:
+        assert self.model is not None and self.data is not None
+        with self._store_lock:
+            tasks = self.store.tasks(self.config.run_id)
+        results = []
+        correct = 0
+        with torch.inference_mode():
+            for task in tasks:
+                sample = torch.from_numpy(self.data.images[task.sample][None])
+                whole = self.model(sample).numpy().reshape(-1)
+                split = np.frombuffer(task.logits, dtype=np.float32)
+                difference = float(np.max(np.abs(whole - split)))
+                same = bool(
+                    np.allclose(split, whole, rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
+                    and int(np.argmax(whole)) == task.prediction
+                )
+                results.append((task.task_id, same, difference))
+                correct += int(task.prediction == task.label)
+        with self._store_lock:
+            self.store.record_verification(self.config.run_id, results)
+        matched = sum(1 for _, same, _ in results if same)
+        self.emit(
+            "verified",
+            matched=matched,
+            total=len(results),
+            accuracy=correct / len(results) if results else None,
+            max_abs_diff=max((diff for *_, diff in results), default=0.0),
+        )
+
+
+def _print_event(kind: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": kind, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    """Entry point of ``python -m splitlab.station``."""
+    logging.basicConfig(
+        level=os.environ.get("SPLITLAB_LOG", "WARNING"),
+        format="%(asctime)s station %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = StationConfig.from_json(sys.stdin.readline())
+    except ValueError as error:
+        logger.error("%s", error)
+        return 3
+    station = BaseStation(config, _print_event)
+    try:
+        status, _ = station.serve()
+    except SplitlabError as error:
+        station.store.finish_run(config.run_id, "incomplete", str(error))
+        _print_event("finished", status="incomplete", reason=str(error))
+        return error.exit_code
+    finally:
+        station.close()
+    return 0 if status == "completed" else 5
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Trained weights for the bundled models, cached in the user's cache folder.
+
+The first run of a scenario trains its model on the scenario's real images
+and stores the weights as safetensors with the test accuracy in the file's
+metadata; later runs load the file at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from splitlab.data import Dataset, load_dataset
+from splitlab.errors import ConfigError
+from splitlab.models import StagedModel, build_model
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 64
+LEARNING_RATE = 2e-4
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedWeights:
+    """Where a model's weights are and how good they are.
+
+    Attributes
+    ----------
+    path:
+        The safetensors file.
+    test_accuracy:
+        Accuracy on the held-out part of the data set when trained.
+    trained_now:
+        True if this call trained them, False if they came from the cache.
+    train_s:
+        Time spent training (zero when loaded from the cache), in seconds.
+    """
+
+    path: Path
+    test_accuracy: float
+    trained_now: bool
+    train_s: float
+
+
+def cache_dir() -> Path:
+    """``$SPLITLAB_CACHE``, else ``$XDG_CACHE_HOME/splitlab``, else ``~/.cache``."""
+    if explicit := os.environ.get("SPLITLAB_CACHE"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "splitlab"
+
+
+def weights_path(
+    model: str, dataset: Dataset, *, epochs: int, seed: int, root: Path | None = None
+) -> Path:
+    """The cache file for one model trained one way on one data set."""
+    folder = (root or cache_dir()) / "weights"
+    return folder / f"{model}-{dataset.name}-e{epochs}-s{seed}.safetensors"
+
+
+def evaluate(model: StagedModel, data: Dataset, *, batch: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``data``."""
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(data.labels), batch):
+            images = torch.from_numpy(data.images[start : start + batch])
+            labels = torch.from_numpy(data.labels[start : start + batch])
+            correct += int((model(images).argmax(dim=1) == labels).sum())
+    return correct / len(data.labels)
+
+
+def train(
+    model: StagedModel,
+    train_set: Dataset,
+    *,
+    epochs: int,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Train ``model`` in place with Adam and cross-entropy."""
+    torch.manual_seed(seed)
+    order = np.random.default_rng(seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    images = torch.from_numpy(train_set.images)
+    labels = torch.from_numpy(train_set.labels)
+    steps = epochs * -(-len(labels) // BATCH_SIZE)
+    model.train()
+    with tqdm(
+        total=steps,
+        desc=f"training {model.model_name}",
+        disable=not progress,
+        unit="batch",
+    ) as bar:
+        for _ in range(epochs):
+            permutation = torch.from_numpy(order.permutation(len(labels)))
+            for start in range(0, len(labels), BATCH_SIZE):
+                batch = permutation[start : start + BATCH_SIZE]
+                optimiser.zero_grad()
+                loss = torch.nn.functional.cross_entropy(
+                    model(images[batch]), labels[batch]
+                )
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                bar.update()
+    model.eval()
+
+
+def load_weights(model: StagedModel, path: Path) -> None:
+    """Load a safetensors file into ``model``, checking every tensor matches."""
+    try:
+        state = load_file(str(path))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read weights {path}: {error}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ConfigError(
+            f"weights {path} do not fit {model.model_name}: {first}"
+        ) from None
+    model.eval()
+
+
+def ensure_weights(
+    model_name: str,
+    data: Dataset,
+    *,
+    epochs: int,
+    test_fraction: float,
+    seed: int,
+    progress: bool = False,
+    root: Path | None = None,
+) -> TrainedWeights:
+    """Return cached weights for ``model_name`` on ``data``, training them if absent."""
+    path = weights_path(model_name, data, epochs=epochs, seed=seed, root=root)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        logger.info("using cached weights %s", path)
+        accuracy = float(metadata.get("test_accuracy", "nan"))
+        return TrainedWeights(path, accuracy, trained_now=False, train_s=0.0)
+
+    train_set, test_set = data.split(test_fraction, seed)
+    model = build_model(model_name, classes=len(data.classes))
+    started_s = time.perf_counter()
+    train(model, train_set, epochs=epochs, seed=seed, progress=progress)
+    train_s = time.perf_counter() - started_s
+    accuracy = evaluate(model, test_set)
+
+    # Write to a temporary name first so an interrupted run never leaves a
+    # truncated file that a later run would trust.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    metadata = {
+        "model": model_name,
+        "dataset": data.name,
+        "epochs": str(epochs),
+        "seed": str(seed),
+        "test_accuracy": f"{accuracy:.6f}",
+        "train_samples": str(len(train_set.labels)),
+        "test_samples": str(len(test_set.labels)),
+    }
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    save_file(state, str(partial), metadata=metadata)
+    partial.replace(path)
+    logger.info(
+        "trained %s in %.1f s, test accuracy %.4f", model_name, train_s, accuracy
+    )
+    return TrainedWeights(path, accuracy, trained_now=True, train_s=train_s)
+
+
+def load_trained(model_name: str, path: Path, *, classes: int) -> StagedModel:
+    """Build ``model_name`` and load its weights from ``path``."""
+    model = build_model(model_name, classes=classes)
+    load_weights(model, path)
+    return model
+
+
+def held_out(
+    dataset: str, *, data_dir: Path | None, test_fraction: float, seed: int
+) -> Dataset:
+    """The part of a data set that training never saw; tasks draw from it."""
+    _, test_set = load_dataset(dataset, data_dir=data_dir).split(test_fraction, seed)
+    return test_set
