@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -219,9 +220,7 @@ def test_registry() -> None:
         ),
     ],
 )
-def test_inconsistent_problem_is_refused(
-    change: dict[str, object], message: str
-) -> None:
+def test_inconsistent_problem_is_refused(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         replace(problem(), **change)
 

@@ -149,7 +149,7 @@ class DeviceAgent:
             jitter_s=float(link["jitter_s"]),
         )
         self.seed = int(request["seed"])
-        sample = torch.from_numpy(self.images[int(request["sample"])][None])
+        sample = torch.tensor(self.images[int(request["sample"])][None])
         profile = profile_model(
             self.model,
             sample,
@@ -181,7 +181,7 @@ class DeviceAgent:
                 if pause_s > 0:
                     time.sleep(pause_s)
                 started_at = time.time()
-                x = torch.from_numpy(images[int(sample)][None])
+                x = torch.tensor(images[int(sample)][None])
                 output = model.run(x, 0, cut).contiguous().numpy()
                 finished_at = time.time()
                 header = {

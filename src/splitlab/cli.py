@@ -447,7 +447,7 @@ def _planning_profiles(
     model = load_trained(scenario.model, weights.path, classes=len(data.classes))
     bs = profile_model(
         model,
-        torch.from_numpy(data.images[0][None]),
+        torch.tensor(data.images[0][None]),
         node=scenario.base_station.name,
         warmup=scenario.profiling.warmup,
         repeats=scenario.profiling.repeats,

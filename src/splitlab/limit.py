@@ -19,8 +19,10 @@ stands for.  It finds out at run time what the machine offers
     The ``cpulimit`` program watching the process.  It limits CPU only.
 ``sigstop``
     A thread of the caller that stops and continues the process with
-    ``SIGSTOP``/``SIGCONT`` in a fixed cycle.  Always available; it limits
-    CPU only, and only the process itself (not the children it starts).
+    ``SIGSTOP``/``SIGCONT`` in a fixed cycle, shortening the runs when the
+    process's CPU clock shows it used more than its share.  Always
+    available; it limits CPU only, and only the process itself (not the
+    children it starts).
 
 The cgroup mechanisms hold the process and every child it starts later;
 ``cpulimit`` and ``sigstop`` hold the process alone.  Every file write and
@@ -351,9 +353,9 @@ class ProcessLimiter:
     -----
     The ``sigstop`` cycle runs in a thread of this process: when this
     process keeps the interpreter busy, the signals come late (by up to the
-    interpreter's switch interval, 5 ms) and the share drifts.  With a share
-    of 1.0 or more, ``sigstop`` never stops the process, so a process with
-    several busy threads is not held to the share.
+    interpreter's switch interval, 5 ms).  What the process used in excess
+    is taken off its next cycles, so the share holds on average but single
+    cycles can run long.
     """
 
     def __init__(
@@ -630,32 +632,31 @@ class ProcessLimiter:
     def _start_sigstop(self, grant: _Grant, spec: LimitSpec) -> AppliedLimit:
         assert grant.pidfd is not None
         pid = grant.pid
-        run_s = spec.cpu_share * self._period_s
-        stop_s = self._period_s - run_s
-        if stop_s <= 0:
-            _log.warning(
-                "sigstop cannot hold %s below one core: a share of %s leaves "
-                "process %d running all the time",
-                grant.name,
-                spec.cpu_share,
-                pid,
-            )
-        else:
+        share = spec.cpu_share
+        run_s = min(share, 1.0) * self._period_s
+        if share < 1.0:
             grant.log(
-                f"while kill -CONT {pid} && sleep {run_s:.6f} && "
-                f"kill -STOP {pid} && sleep {stop_s:.6f}; do :; done &"
+                f"while kill -CONT {pid} && sleep {run_s:.6f} && kill -STOP {pid} "
+                f"&& sleep {self._period_s - run_s:.6f}; do :; done &"
             )
             grant.undo_commands.append("kill %1")
-            grant.undo_commands.append(f"kill -CONT {pid}")
-            grant.stop = threading.Event()
-            grant.thread = threading.Thread(
-                target=_duty_cycle,
-                args=(grant.pidfd, run_s, self._period_s, grant.stop),
-                name=f"splitlab-sigstop-{grant.name}",
-                daemon=True,
+        else:
+            # No fixed shell loop holds a process to a whole core or more:
+            # only the feedback below can, by stopping it for whole cycles.
+            grant.log(
+                f"# splitlab holds {pid} to {share} cores by stopping it for "
+                f"whole {self._period_s} s cycles while it is over its share"
             )
-            grant.thread.start()
-        return grant.applied("sigstop", spec.cpu_share, None)
+        grant.undo_commands.append(f"kill -CONT {pid}")
+        grant.stop = threading.Event()
+        grant.thread = threading.Thread(
+            target=_duty_cycle,
+            args=(grant.pidfd, pid, share, self._period_s, grant.stop),
+            name=f"splitlab-sigstop-{grant.name}",
+            daemon=True,
+        )
+        grant.thread.start()
+        return grant.applied("sigstop", share, None)
 
 
 @dataclass(eq=False)
@@ -750,29 +751,59 @@ class _Grant:
 
 
 def _duty_cycle(
-    pidfd: int, run_s: float, period_s: float, stop: threading.Event
+    pidfd: int, pid: int, share: float, period_s: float, stop: threading.Event
 ) -> None:
-    """Let the process run ``run_s`` of every ``period_s`` until ``stop`` is set."""
-    deadline = time.monotonic()
+    """Hold process ``pid`` to ``share`` cores until ``stop`` is set.
+
+    Every cycle of ``period_s`` the process runs for its share of the cycle
+    and is stopped for the rest.  The CPU time it really used (all its
+    threads) is read from its CPU clock after each cycle, and what it used
+    beyond its share is taken off the next runs, so a late ``SIGSTOP`` or a
+    process with several busy threads is still held to the share on
+    average.
+    """
+    budget_s = share * period_s
+    max_debt_s = (os.cpu_count() or 1) * period_s
+    debt_s = 0.0
     try:
+        clock = _process_cpu_clock(pid)
+        used_total_s = time.clock_gettime(clock)
         while True:
-            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
-            deadline += run_s
-            if stop.wait(max(0.0, deadline - time.monotonic())):
-                return
-            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
-            deadline += period_s - run_s
-            if stop.wait(max(0.0, deadline - time.monotonic())):
+            cycle_start = time.monotonic()
+            run_s = min(period_s, max(0.0, budget_s - debt_s))
+            if run_s > 0:
+                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+                if stop.wait(run_s):
+                    return
+            if run_s < period_s:
+                signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+            if stop.wait(max(0.0, cycle_start + period_s - time.monotonic())):
                 return
 
-            # After a long stall, start a fresh cycle rather than letting
-            # the process run unstopped until the schedule catches up.
-            deadline = max(deadline, time.monotonic() - period_s)
-    except ProcessLookupError:
-        return
+            # Credit left from an idle cycle is capped at one cycle's share,
+            # so an idle process cannot save up for a long burst.
+            now_used_s = time.clock_gettime(clock)
+            elapsed_s = time.monotonic() - cycle_start
+            debt_s += (now_used_s - used_total_s) - share * elapsed_s
+            debt_s = min(max(debt_s, -budget_s), max_debt_s)
+            used_total_s = now_used_s
+    except OSError as exc:
+        # Mostly the process is gone: its CPU clock reads EINVAL once it is
+        # reaped, and its pidfd refuses signals.
+        _log.debug("duty cycle of process %d ended: %s", pid, exc)
     finally:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+
+
+def _process_cpu_clock(pid: int) -> int:
+    """The clock id of the CPU time of process ``pid``, all threads summed.
+
+    Linux encodes it as glibc's ``clock_getcpuclockid`` does: the bitwise
+    complement of the pid shifted left by three, with ``CPUCLOCK_SCHED``
+    (2) in the low bits.
+    """
+    return ((~pid) << 3) | 2
 
 
 def _check_prefix(prefix: str) -> None:

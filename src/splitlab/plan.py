@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol, SupportsIndex
 
@@ -94,8 +94,8 @@ class PlanningProblem:
     ConfigError
         If there are no tasks, a task's device has no profile, a device has
         no link or memory figure, a profile's stage count differs from the
-        BS's, a link's rate or a memory figure is not positive or zero
-        respectively, ``workers`` is below one or the scheduler is unknown.
+        BS's, a link's rate is not positive, a memory figure is negative,
+        ``workers`` is below one or the scheduler is unknown.
     """
 
     device_profiles: Mapping[str, NodeProfile]
@@ -104,7 +104,7 @@ class PlanningProblem:
     tasks: tuple[TaskSpec, ...]
     scheduler: str
     workers: int
-    device_memory_bytes: Mapping[str, int] = field(default_factory=dict)
+    device_memory_bytes: Mapping[str, int]
 
     def __post_init__(self) -> None:
         """Freeze the mappings and check that the problem is consistent."""
@@ -247,7 +247,7 @@ class Algorithm(Protocol):
         """The algorithm's registry name."""
         ...
 
-    def __call__(self, problem: PlanningProblem) -> dict[str, int]:
+    def __call__(self, problem: PlanningProblem, /) -> dict[str, int]:
         """Choose the cut ``k`` of every device of ``problem``."""
         ...
 
@@ -312,7 +312,8 @@ class GreedyAlgorithm:
         applies the one that lowers the total delay the most; the search
         stops when no change lowers it by more than :data:`EQUAL_S`.  The
         total strictly decreases, so no scheme is visited twice and the
-        search ends.
+        search ends.  A round costs one simulation of the whole workload per
+        allowed cut of every device with tasks, about ``N * L``.
         """
         cuts = NeurosurgeonAlgorithm()(problem)
         total_s = _total_delay_s(problem.predict(cuts))

@@ -10,10 +10,11 @@ never before the previous frame's delivery, since a TCP stream does not
 reorder.  Jitter is drawn from a seeded normal distribution truncated so
 that ``latency + jitter >= 0``.
 
-One background thread writes the frames in submission order.  It sleeps
-until shortly before each delivery instant and then yields in a short spin,
-so that even small frames arrive within a fraction of a millisecond of
-their scheduled time.
+One background thread writes the frames in submission order.  A frame's
+bytes are released in chunks, each when its last bit would arrive over the
+link, the last chunk exactly at the delivery instant: the thread sleeps
+until shortly before it and then yields in a short spin, so that even small
+frames arrive within a fraction of a millisecond of their scheduled time.
 """
 
 from __future__ import annotations
@@ -225,9 +226,8 @@ class ShapedSender:
                     return
                 frame, deliver_s = self._queue[0]
 
-            _sleep_until(deliver_s)
             try:
-                self._channel.write_frame(frame)
+                self._write(frame, deliver_s)
             except Exception as err:
                 logger.debug("link to %r failed: %s", self._channel.node, err)
                 with self._cond:
@@ -240,6 +240,24 @@ class ShapedSender:
             with self._cond:
                 self._queue.popleft()
                 self._cond.notify_all()
+
+    def _write(self, frame: bytes, deliver_s: float) -> None:
+        spec = self._spec
+        if spec is None:
+            self._channel.write_frame(frame)
+            return
+
+        # Each chunk is released when its last bit would arrive, so the
+        # receiver takes in a large frame as the link carries it and has only
+        # the last chunk left to read at the delivery instant.
+        def pace(end: int) -> None:
+            due_s = deliver_s - (len(frame) - end) * 8 / spec.rate_bps
+            if end == len(frame):
+                _sleep_until(due_s)
+            else:
+                time.sleep(max(0.0, due_s - time.monotonic()))
+
+        self._channel.write_frame(frame, pace=pace)
 
     def _raise_if_failed(self) -> None:
         error = self._error

@@ -182,6 +182,7 @@ def simulate(
         heads, bs_profile=bs_profile, queue=queue, workers=workers
     )
 
+    tails_s = [bs_profile.tail_s(cut) for cut in range(bs_profile.num_stages + 1)]
     predictions: list[TaskPrediction] = []
     for head in heads:
         task = head.task
@@ -190,7 +191,7 @@ def simulate(
             end_s = head.head_end_s
         else:
             transmission_s = head.bs_arrival_s - head.head_end_s
-            bs_s = bs_profile.tail_s(head.cut)
+            bs_s = tails_s[head.cut]
             end_s = ends_s[task.task_id]
             bs_wait_s = end_s - head.bs_arrival_s - bs_s
         predictions.append(

@@ -293,7 +293,7 @@ class BaseStation:
         bs_name = scenario.base_station.name
         bs_profile = profile_model(
             self.model,
-            torch.from_numpy(self.data.images[0][None]),
+            torch.tensor(self.data.images[0][None]),
             node=bs_name,
             warmup=scenario.profiling.warmup,
             repeats=scenario.profiling.repeats,
@@ -641,7 +641,7 @@ class BaseStation:
         correct = 0
         with torch.inference_mode():
             for task in tasks:
-                sample = torch.from_numpy(self.data.images[task.sample][None])
+                sample = torch.tensor(self.data.images[task.sample][None])
                 whole = self.model(sample).numpy().reshape(-1)
                 split = np.frombuffer(task.logits, dtype=np.float32)
                 difference = float(np.max(np.abs(whole - split)))

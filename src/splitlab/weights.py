@@ -73,8 +73,8 @@ def evaluate(model: StagedModel, data: Dataset, *, batch: int = 256) -> float:
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(data.labels), batch):
-            images = torch.from_numpy(data.images[start : start + batch])
-            labels = torch.from_numpy(data.labels[start : start + batch])
+            images = torch.tensor(data.images[start : start + batch])
+            labels = torch.tensor(data.labels[start : start + batch])
             correct += int((model(images).argmax(dim=1) == labels).sum())
     return correct / len(data.labels)
 
@@ -91,8 +91,8 @@ def train(
     torch.manual_seed(seed)
     order = np.random.default_rng(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    images = torch.from_numpy(train_set.images)
-    labels = torch.from_numpy(train_set.labels)
+    images = torch.tensor(train_set.images)
+    labels = torch.tensor(train_set.labels)
     steps = epochs * -(-len(labels) // BATCH_SIZE)
     model.train()
     with tqdm(

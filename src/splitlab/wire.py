@@ -38,6 +38,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, NoReturn
@@ -66,6 +67,9 @@ HANDSHAKE_MAX_FRAME_BYTES: Final = 4096
 
 TAG_BYTES: Final = 32
 """Bytes of the HMAC-SHA256 tag that ends every frame."""
+
+WRITE_CHUNK_BYTES: Final = 64 * 1024
+"""Bytes per write when a frame is written paced (see :meth:`Channel.write_frame`)."""
 
 MIN_SECRET_BYTES: Final = 16
 """The shortest per-run secret accepted, in bytes."""
@@ -502,8 +506,21 @@ class Channel:
             self._send_seq += 1
         return frame
 
-    def write_frame(self, frame: bytes) -> int:
+    def write_frame(
+        self, frame: bytes, *, pace: Callable[[int], None] | None = None
+    ) -> int:
         """Write one frame from :meth:`encode` to the socket; return its size.
+
+        Parameters
+        ----------
+        frame:
+            The next frame in encoding order.
+        pace:
+            If given, the frame is written in chunks of
+            :data:`WRITE_CHUNK_BYTES`, and ``pace(end)`` is called before the
+            bytes up to offset ``end`` are written (lastly with
+            ``end == len(frame)``), so that a link emulator can release them
+            at the rate of the link.
 
         Raises
         ------
@@ -521,8 +538,14 @@ class Channel:
                 )
             if self._closed:
                 raise ConnectionClosed(f"channel to {self._who()} is closed")
+            view = memoryview(frame)
+            step = len(frame) if pace is None else WRITE_CHUNK_BYTES
             try:
-                self._sock.sendall(frame)
+                for begin in range(0, len(frame), step):
+                    end = min(begin + step, len(frame))
+                    if pace is not None:
+                        pace(end)
+                    self._sock.sendall(view[begin:end])
             except OSError as err:
                 raise ConnectionClosed(
                     f"sending {len(frame)} bytes to {self._who()} failed: {err}"
