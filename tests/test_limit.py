@@ -3,6 +3,7 @@ real cgroups: a busy child is held to a quarter of a core and measured."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -30,9 +31,7 @@ CAPS = detect_capabilities()
 SHARE = 0.25
 TOLERANCE = 0.07
 MEASURE_S = 1.5
-# Other jobs share this machine's cores, so an unthrottled busy loop is only
-# required to get clearly more than a throttled one could.
-UNLIMITED_MIN = 0.6
+UNLIMITED_MIN = 0.8
 _counter = itertools.count()
 
 # A machine without root, cgroups or cpulimit.
@@ -53,9 +52,26 @@ def prefix() -> Iterator[str]:
         cleanup_prefix(name, capabilities=CAPS)
 
 
+def _spawn(code: str, *, boost: bool = True) -> subprocess.Popen[bytes]:
+    """Start a Python child in a session of its own.
+
+    With ``boost``, the child gets the highest priority this user may give,
+    so other jobs on the machine cannot take the CPU time its limit allows
+    and what it uses is what the limit lets it use.  With the kernel's
+    autogroups, nice only ranks tasks of one session, hence the session of
+    its own and the priority given to that session.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    if boost:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, proc.pid, -20)
+            Path(f"/proc/{proc.pid}/autogroup").write_text("-20")
+    return proc
+
+
 @pytest.fixture
 def busy() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    proc = _spawn("while True: pass")
     yield proc
     proc.kill()
     proc.wait()
@@ -78,6 +94,20 @@ def _used_share(pid: int, duration_s: float) -> float:
     return used_s / (time.monotonic() - start_s)
 
 
+def _assert_released(pid: int) -> None:
+    """Check that nothing holds ``pid`` any more: no group, stop or cpulimit."""
+    assert "splitlab" not in Path(f"/proc/{pid}/cgroup").read_text()
+    states = []
+    for _ in range(20):  # a duty cycle still running would show up as T
+        states.append(_state(pid))
+        time.sleep(0.005)
+    assert "T" not in states
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            assert not (b"cpulimit" in argv[0] and str(pid).encode() in argv)
+
+
 def _splitlab_groups(prefix: str) -> list[Path]:
     roots = {CAPS.cgroup_v2_path, CAPS.cgroup_v1_cpu_path, CAPS.cgroup_v1_memory_path}
     found: list[Path] = []
@@ -93,7 +123,9 @@ def _splitlab_groups(prefix: str) -> list[Path]:
 def test_an_unlimited_busy_child_uses_a_whole_core(
     busy: subprocess.Popen[bytes],
 ) -> None:
-    assert _used_share(busy.pid, MEASURE_S) > UNLIMITED_MIN
+    used = _used_share(busy.pid, MEASURE_S)
+    load = Path("/proc/loadavg").read_text().split()[0]
+    assert used > UNLIMITED_MIN, f"{used:.3f} cores with other jobs at load {load}"
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -112,10 +144,9 @@ def test_each_mechanism_holds_a_busy_child_to_a_quarter_core(
         assert abs(used - SHARE) <= TOLERANCE, f"{mechanism} let it use {used:.3f}"
 
         limiter.release(busy.pid)
-        assert _state(busy.pid) != "T"
+        _assert_released(busy.pid)
         assert _splitlab_groups(prefix) == []
         assert all(not g.exists() for g in limit.groups)
-        assert _used_share(busy.pid, 0.5) > UNLIMITED_MIN
 
 
 def test_cgroup_v1_writes_replayable_commands_and_reads_the_memory_limit_back(
@@ -281,7 +312,10 @@ def test_release_is_safe_twice_and_after_the_process_died(
 def test_sigstop_holds_a_process_with_two_busy_threads_to_its_share(
     prefix: str,
 ) -> None:
-    # hashlib lets go of the interpreter lock, so both threads can run.
+    # hashlib lets go of the interpreter lock, so both threads can run and a
+    # plain quarter-cycle duty would let the process use half a core.  The
+    # child is not boosted: it would leave the duty cycle's thread, in this
+    # process, no core to run on.
     code = (
         "import hashlib, threading\n"
         "def spin():\n"
@@ -289,13 +323,13 @@ def test_sigstop_holds_a_process_with_two_busy_threads_to_its_share(
         "threading.Thread(target=spin).start()\n"
         "spin()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = _spawn(code, boost=False)
     try:
         with ProcessLimiter(prefix, capabilities=CAPS, prefer="sigstop") as limiter:
-            limiter.apply(proc.pid, LimitSpec(0.5), name="dev1")
+            limiter.apply(proc.pid, LimitSpec(SHARE), name="dev1")
             time.sleep(0.2)  # let the feedback settle on the thread count
             used = _used_share(proc.pid, MEASURE_S)
-        assert abs(used - 0.5) <= TOLERANCE, f"it used {used:.3f} cores"
+        assert abs(used - SHARE) <= TOLERANCE, f"it used {used:.3f} cores"
     finally:
         proc.kill()
         proc.wait()
@@ -309,7 +343,7 @@ def test_close_continues_a_process_stopped_by_the_duty_cycle(
     time.sleep(0.1)
     assert _state(busy.pid) == "T"
     limiter.close()
-    assert _state(busy.pid) != "T"
+    _assert_released(busy.pid)
 
 
 def test_cleanup_prefix_removes_what_a_crashed_run_left(
@@ -328,8 +362,7 @@ def test_cleanup_prefix_removes_what_a_crashed_run_left(
         assert sorted(removed) == sorted(str(g) for g in (*limit.groups, stray))
         assert other.is_dir()
         assert _splitlab_groups(prefix) == []
-        assert "splitlab" not in Path(f"/proc/{busy.pid}/cgroup").read_text()
-        assert _used_share(busy.pid, 0.5) > UNLIMITED_MIN
+        _assert_released(busy.pid)
         assert cleanup_prefix(prefix, capabilities=CAPS) == []
         limiter.close()  # the groups are gone already
     finally:

@@ -14,7 +14,7 @@ import pytest
 from splitlab.errors import ConfigError, ProtocolError
 from splitlab.link import LinkSpec
 from splitlab.shaping import ShapedSender, Transfer
-from splitlab.wire import Channel, ConnectionClosed, MessageKind
+from splitlab.wire import WRITE_CHUNK_BYTES, Channel, ConnectionClosed, MessageKind
 
 SECRET = b"splitlab-test-secret-0123456789"
 
@@ -61,7 +61,7 @@ def test_one_way_time_is_latency_plus_size_over_rate(
     client, server = tcp_pair
     spec = LinkSpec(latency_s=0.020, rate_bps=rate_bps)
     with ShapedSender(client, spec, seed=1) as sender:
-        samples = [one_way_s(sender, server, size_bytes) for _ in range(3)]
+        samples = [one_way_s(sender, server, size_bytes) for _ in range(5)]
     measured_s = statistics.median(elapsed for elapsed, _ in samples)
     frame_bytes = samples[0][1].size_bytes
     assert size_bytes < frame_bytes < size_bytes + 100
@@ -74,21 +74,27 @@ def test_back_to_back_messages_queue_on_the_link(
 ) -> None:
     client, server = tcp_pair
     spec = LinkSpec(latency_s=0.010, rate_bps=50e6)
+    gaps_s: list[float] = []
+    totals_s: list[float] = []
     with ShapedSender(client, spec, seed=1) as sender:
-        first = sender.send(MessageKind.TENSOR, {"i": 0}, bytes(200_000))
-        second = sender.send(MessageKind.TENSOR, {"i": 1}, bytes(200_000))
-        server.recv(timeout_s=5)
-        first_arrival_s = time.monotonic()
-        server.recv(timeout_s=5)
-        second_arrival_s = time.monotonic()
+        for _ in range(3):
+            first = sender.send(MessageKind.TENSOR, {"i": 0}, bytes(200_000))
+            second = sender.send(MessageKind.TENSOR, {"i": 1}, bytes(200_000))
+            server.recv(timeout_s=5)
+            first_arrival_s = time.monotonic()
+            server.recv(timeout_s=5)
+            second_arrival_s = time.monotonic()
+            gaps_s.append(second_arrival_s - first_arrival_s)
+            totals_s.append(second_arrival_s - first.submitted_s)
 
-    transmission_s = second.size_bytes * 8 / spec.rate_bps  # 32 ms
-    assert first.queued_s == 0
-    assert second.start_s == first.free_s
-    assert second.queued_s == pytest.approx(transmission_s, abs=0.002)
-    assert second.deliver_s - first.deliver_s == pytest.approx(transmission_s)
-    assert second_arrival_s - first_arrival_s == pytest.approx(transmission_s, rel=0.05)
-    assert second_arrival_s - second.submitted_s == pytest.approx(
+            transmission_s = second.size_bytes * 8 / spec.rate_bps  # 32 ms
+            assert first.queued_s == 0
+            assert second.start_s == first.free_s
+            assert 0 < second.queued_s <= transmission_s
+            assert second.deliver_s - first.deliver_s == pytest.approx(transmission_s)
+
+    assert statistics.median(gaps_s) == pytest.approx(transmission_s, rel=0.05)
+    assert statistics.median(totals_s) == pytest.approx(
         spec.latency_s + 2 * transmission_s, rel=0.05
     )
 
@@ -98,6 +104,7 @@ def test_jitter_has_the_configured_spread(
 ) -> None:
     client, server = tcp_pair
     spec = LinkSpec(latency_s=0.015, rate_bps=100e6, jitter_s=0.004)
+    drawn_s: list[float] = []
     offsets_s: list[float] = []
     late_s: list[float] = []
     with ShapedSender(client, spec, seed=7) as sender:
@@ -108,19 +115,24 @@ def test_jitter_has_the_configured_spread(
             message = server.recv(timeout_s=5)
             arrived_s = time.monotonic()
             assert message.header == {"i": index}
+            drawn_s.append(transfer.deliver_s - transfer.free_s - spec.latency_s)
             offsets_s.append(
                 arrived_s - started_s - spec.transfer_s(transfer.size_bytes)
             )
             late_s.append(arrived_s - transfer.deliver_s)
             time.sleep(max(0.0, started_s + 0.025 - time.monotonic()))
 
-    assert statistics.stdev(offsets_s) == pytest.approx(spec.jitter_s, rel=0.3)
-    assert abs(statistics.mean(offsets_s)) < 0.002
-    # Frames are written at their scheduled instant, not early, and are
-    # read promptly (a loaded machine may delay an odd one).
+    # The schedule's jitter is the seeded normal draw.
+    assert statistics.stdev(drawn_s) == pytest.approx(spec.jitter_s, rel=0.2)
+    assert abs(statistics.mean(drawn_s)) < 0.0015
+    # The measured delays spread alike; the quartiles keep an odd frame that
+    # a loaded machine read late from swaying the estimate.
+    quartiles_s = statistics.quantiles(offsets_s, n=4)
+    spread_s = (quartiles_s[2] - quartiles_s[0]) / 1.349
+    assert spread_s == pytest.approx(spec.jitter_s, rel=0.3)
+    # Frames are written at their scheduled instant, never early.
     assert min(late_s) >= 0
     assert statistics.median(late_s) < 0.001
-    assert sum(late <= 0.002 for late in late_s) >= 0.9 * len(late_s)
 
 
 def test_jitter_never_reorders(tcp_pair: tuple[Channel, Channel]) -> None:
@@ -143,6 +155,31 @@ def test_jitter_never_reorders(tcp_pair: tuple[Channel, Channel]) -> None:
     assert held >= 5
     # Truncation: no frame is delivered before it has left the link.
     assert all(t.deliver_s >= t.free_s for t in transfers)
+
+
+def test_large_frame_streams_at_the_link_rate() -> None:
+    left, right = socket.socketpair()
+    channel = Channel(left, session_key=b"k" * 32, node="bs", side="client")
+    spec = LinkSpec(latency_s=0.010, rate_bps=50e6)
+    with ShapedSender(channel, spec, seed=0) as sender:
+        transfer = sender.send(MessageKind.TENSOR, {}, bytes(1_000_000))
+        right.recv(1)
+        first_byte_s = time.monotonic()
+        received = 1
+        while received < transfer.size_bytes:
+            received += len(right.recv(1 << 20))
+        last_byte_s = time.monotonic()
+    channel.close()
+    right.close()
+
+    # The first chunk arrives once its bits have crossed, long before the
+    # whole frame; the last byte arrives at the delivery instant.
+    first_chunk_s = spec.latency_s + WRITE_CHUNK_BYTES * 8 / spec.rate_bps
+    assert first_byte_s - transfer.submitted_s == pytest.approx(first_chunk_s, rel=0.1)
+    assert last_byte_s - transfer.deliver_s == pytest.approx(0.0, abs=0.002)
+    assert transfer.deliver_s - transfer.submitted_s == pytest.approx(
+        spec.transfer_s(transfer.size_bytes)
+    )
 
 
 def test_same_seed_gives_the_same_jitter() -> None:

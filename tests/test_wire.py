@@ -21,6 +21,7 @@ from splitlab.wire import (
     PREFIX_BYTES,
     PROTOCOL_VERSION,
     TAG_BYTES,
+    WRITE_CHUNK_BYTES,
     Channel,
     ConnectionClosed,
     MessageKind,
@@ -314,6 +315,8 @@ def test_clean_close_between_frames(
     assert "truncated" not in str(caught.value)
     assert isinstance(caught.value, ProtocolError)
     assert isinstance(caught.value, ConnectionError)
+    with pytest.raises(ConnectionClosed, match="unusable after an earlier error"):
+        receiver.recv(timeout_s=2)
 
 
 def test_timeout_keeps_a_partial_frame(
@@ -362,6 +365,26 @@ def test_write_frame_refuses_frames_out_of_encoding_order(
     with pytest.raises(ProtocolError, match=r"frame 1 .* next frame to write is 0"):
         sender.write_frame(second)
     assert sender.write_frame(first) == len(first)
+
+
+def test_paced_write_is_chunked_and_complete(
+    raw_pair: tuple[socket.socket, Channel, Channel],
+) -> None:
+    _, sender, receiver = raw_pair
+    payload = bytes(range(256)) * 1000
+    frame = sender.encode(MessageKind.TENSOR, {"task": 2}, payload)
+    ends: list[int] = []
+    thread = threading.Thread(
+        target=sender.write_frame, args=(frame,), kwargs={"pace": ends.append}
+    )
+    thread.start()
+    message = receiver.recv(timeout_s=5)
+    thread.join()
+    assert ends == [
+        *range(WRITE_CHUNK_BYTES, len(frame), WRITE_CHUNK_BYTES),
+        len(frame),
+    ]
+    assert bytes(message.payload) == payload
 
 
 @pytest.mark.parametrize(

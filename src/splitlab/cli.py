@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -32,7 +33,8 @@ from splitlab.schedule import SCHEDULERS
 from splitlab.weights import held_out, load_trained
 from splitlab.workload import generate_tasks
 
-console = Console()
+# Wide enough for the summary table when the output is not a terminal.
+console = Console(width=max(Console().width, 110))
 errors = Console(stderr=True)
 
 
@@ -49,7 +51,9 @@ class _Command(click.Group):
         except SplitlabError as error:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            errors.print(
+                f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True
+            )
             sys.exit(error.exit_code)
 
 
@@ -208,24 +212,14 @@ def _print_summary(summary: RunSummary) -> None:
     run = summary.run
     table = Table(
         title=f"run {run.run_id} ({run.name}): {run.algorithm}, {run.scheduler}, "
-        f"{run.status}",
+        f"{run.status}. Delays in ms: mean, p50, p95, the mean of each part, the "
+        "predicted mean, and the median relative error of the prediction.",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
-    for header in (
-        "device",
-        "cut",
-        "tasks",
-        "mean ms",
-        "p50 ms",
-        "p95 ms",
-        "device ms",
-        "link ms",
-        "BS wait ms",
-        "BS ms",
-        "predicted ms",
-        "pred. err",
-    ):
-        table.add_column(header, justify="left" if header == "device" else "right")
+    for header in ("device", "k", "tasks", "mean", "p50", "p95", "device", "link",
+                   "BS wait", "BS", "predicted", "error"):  # fmt: skip
+        table.add_column(header, justify="right", no_wrap=True)
     for row in summary.rows:
         table.add_row(
             row.group,
@@ -494,3 +488,7 @@ def schedulers() -> None:
     for name, scheduler in sorted(SCHEDULERS.items()):
         doc = (scheduler.__doc__ or "").strip().splitlines()
         console.print(f"{name:8} {doc[0] if doc else ''}")
+
+
+if __name__ == "__main__":
+    main()

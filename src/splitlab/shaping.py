@@ -111,7 +111,7 @@ class ShapedSender:
         self._cond = threading.Condition()
         self._queue: deque[tuple[bytes, float]] = deque()
         self._closing = False
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
 
         self._thread = threading.Thread(
             target=self._write_loop, name=f"link-to-{channel.node}", daemon=True

@@ -608,7 +608,9 @@ class Channel:
         deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
         with self._recv_lock:
             if self._broken is not None:
-                raise ProtocolError(
+                # Same class as the first error, so a closed peer stays a
+                # ConnectionClosed for every later call.
+                raise type(self._broken)(
                     f"channel from {self._who()} is unusable after an earlier "
                     f"error: {self._broken}"
                 )

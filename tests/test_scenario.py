@@ -1,0 +1,130 @@
+"""Scenario files: the bundled default loads, mistakes are named precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splitlab.errors import ConfigError
+from splitlab.scenario import load_scenario, parse_scenario
+
+
+def _base() -> dict[str, object]:
+    return {
+        "name": "t",
+        "devices": [
+            {"name": "d1", "class": "rpi4", "link": {"latency_ms": 5, "rate_mbps": 10}}
+        ],
+    }
+
+
+def test_the_bundled_default_has_four_different_links() -> None:
+    scenario = load_scenario()
+    assert scenario.name == "default"
+    assert scenario.model == "alexnet"
+    assert len(scenario.devices) == 4
+    links = [device.link for device in scenario.devices]
+    assert sorted(link.latency_ms for link in links) == [5, 20, 50, 100]
+    assert sorted(link.rate_mbps for link in links) == [5, 10, 20, 50]
+    assert scenario.workload.tasks_per_device == 20
+    assert all(device.share == 0.25 for device in scenario.devices)
+
+
+def test_round_trip_through_yaml(tmp_path: Path) -> None:
+    scenario = load_scenario()
+    path = tmp_path / "s.yaml"
+    path.write_text(scenario.to_yaml())
+    assert load_scenario(path) == scenario
+    assert load_scenario(path).fingerprint() == scenario.fingerprint()
+
+
+def test_link_spec_is_in_si_units() -> None:
+    spec = parse_scenario(_base(), source="x").devices[0].link.spec()
+    assert spec.latency_s == pytest.approx(0.005)
+    assert spec.rate_bps == pytest.approx(10e6)
+    # 10 kB at 10 Mbit/s: 8 ms on the wire plus 5 ms of latency.
+    assert spec.transfer_s(10_000) == pytest.approx(0.013)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda s: s.update(colour="red"),
+            "s.yaml: colour: unknown key (got 'red')",
+        ),
+        (
+            lambda s: s["devices"][0]["link"].update(latency_ms=-5),
+            "s.yaml: devices[0].link.latency_ms: Input should be greater than or "
+            "equal to 0 (got -5)",
+        ),
+        (
+            lambda s: s["devices"][0]["link"].update(rate_mbps=0),
+            "s.yaml: devices[0].link.rate_mbps: Input should be greater than 0 (got 0)",
+        ),
+        (
+            lambda s: s.update(model="resnet9000"),
+            "unknown model 'resnet9000'; known: alexnet, alexnet-small",
+        ),
+        (
+            lambda s: s.update(algorithm="magic"),
+            "unknown algorithm 'magic'; known: greedy, local-only, neurosurgeon, "
+            "offload-all",
+        ),
+        (
+            lambda s: s.update(scheduler="lifo"),
+            "unknown scheduler 'lifo'; known: fcfs, rr, sjf",
+        ),
+        (
+            lambda s: s["devices"].append(dict(s["devices"][0])),
+            "device name 'd1' is used twice",
+        ),
+        (
+            lambda s: s.update(data={"dataset": "cifar10"}),
+            "dataset cifar10 needs 'dir'",
+        ),
+        (
+            lambda s: s["devices"][0].update(**{"class": "cray"}),
+            "devices[0].class: Input should be 'rpi4' or 'rpi3' (got 'cray')",
+        ),
+        (
+            lambda s: s.update(workload={"tasks_per_device": 0}),
+            "workload.tasks_per_device: Input should be greater than or equal to 1",
+        ),
+        (lambda s: s.pop("devices"), "s.yaml: devices: Field required"),
+    ],
+)
+def test_mistakes_are_named(tmp_path: Path, change: object, message: str) -> None:
+    data = _base()
+    change(data)  # type: ignore[operator]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    assert message in str(caught.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read scenario .*missing.yaml"):
+        load_scenario(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_scenario(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="a scenario must be a mapping"):
+        load_scenario(listed)
+
+
+def test_overrides_are_validated() -> None:
+    scenario = load_scenario()
+    changed = scenario.with_overrides(
+        algorithm="offload-all", **{"workload.tasks_per_device": 3}
+    )
+    assert changed.algorithm == "offload-all"
+    assert changed.workload.tasks_per_device == 3
+    with pytest.raises(ConfigError, match="command line: .*tasks_per_device"):
+        scenario.with_overrides(**{"workload.tasks_per_device": -1})
