@@ -79,6 +79,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _RMDIR_TIMEOUT_S = 1.0
 _CPULIMIT_STARTUP_S = 0.05
 _CPULIMIT_STOP_S = 2.0
+# A duty-cycled process pays back what it overran its share by (when the
+# limiter thread woke late) by staying stopped, but never for longer than
+# this: a longer stall of the limiter is forgiven rather than paid back.
+_MAX_PAYBACK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -763,7 +767,7 @@ def _duty_cycle(
     average.
     """
     budget_s = share * period_s
-    max_debt_s = (os.cpu_count() or 1) * period_s
+    max_debt_s = share * _MAX_PAYBACK_S
     debt_s = 0.0
     try:
         clock = _process_cpu_clock(pid)
