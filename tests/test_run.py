@@ -148,3 +148,41 @@ def test_cli_runs_a_scenario_file_and_refuses_a_bad_one(tmp_path: Path) -> None:
     assert "devices[1].link.rate_mbps" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _write_cifar_binary(folder: Path, *, per_batch: int, test: int) -> None:
+    """A CIFAR-10 folder in the standard binary layout, with seeded pixels."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+             "horse", "ship", "truck"]  # fmt: skip
+    (folder / "batches.meta.txt").write_text("\n".join(names) + "\n")
+    files = [f"data_batch_{index}.bin" for index in range(1, 6)]
+    for name, count in [
+        *((file, per_batch) for file in files),
+        ("test_batch.bin", test),
+    ]:
+        labels = rng.integers(0, 10, size=(count, 1), dtype=np.uint8)
+        pixels = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(np.hstack([labels, pixels]).tobytes())
+
+
+def test_a_run_on_a_local_cifar10_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_cifar_binary(folder, per_batch=16, test=12)
+    scenario = _scenario(
+        data={"dataset": "cifar10", "dir": str(folder)},
+        workload={"tasks_per_device": 4, "period_ms": 50},
+        seed=11,
+    )
+    outcome = run_scenario(scenario, workspace=tmp_path)
+    assert outcome.status == "completed", outcome.reason
+    assert outcome.weights.trained_now
+    with ResultStore(outcome.store) as store:
+        tasks = store.tasks(outcome.run_id)
+    assert len(tasks) == 12
+    # Tasks draw from the 12 test images only, and their labels are the file's.
+    assert {task.sample for task in tasks} == set(range(12))
+    labels = np.frombuffer((folder / "test_batch.bin").read_bytes(), np.uint8)[::3073]
+    assert all(task.label == labels[task.sample] for task in tasks)
+    assert all(task.matches_unsplit for task in tasks)

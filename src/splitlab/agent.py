@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from splitlab.data import load_held_out
 from splitlab.errors import ProtocolError, SplitlabError
 from splitlab.link import LinkSpec
 from splitlab.models import StagedModel
 from splitlab.profile import profile_model, profile_to_dict
 from splitlab.shaping import ShapedSender
-from splitlab.weights import held_out, load_trained
+from splitlab.weights import load_trained
 from splitlab.wire import Channel, ConnectionClosed, Message, MessageKind, tensor_header
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class DeviceAgent:
 
     def _profile(self, message: Message) -> dict[str, Any]:
         request = message.header
-        dataset = held_out(
+        dataset = load_held_out(
             str(request["dataset"]),
             data_dir=Path(request["data_dir"]) if request.get("data_dir") else None,
             test_fraction=float(request["test_fraction"]),

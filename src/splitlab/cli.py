@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from splitlab.data import load_held_out
 from splitlab.errors import SplitlabError
 from splitlab.experiment import default_workspace, prepare_weights, run_scenario
 from splitlab.models import MODELS, build_model
@@ -30,7 +31,7 @@ from splitlab.report import RunSummary, summarise
 from splitlab.results import ResultStore
 from splitlab.scenario import Scenario, load_scenario
 from splitlab.schedule import SCHEDULERS
-from splitlab.weights import held_out, load_trained
+from splitlab.weights import load_trained
 from splitlab.workload import generate_tasks
 
 # Wide enough for the summary table when the output is not a terminal.
@@ -349,7 +350,7 @@ def plan(
     """
     loaded = _scenario(scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks)
     bs_profile, device_profiles, source = _planning_profiles(loaded, workspace)
-    data = held_out(
+    data = load_held_out(
         loaded.data.dataset,
         data_dir=loaded.data.dir,
         test_fraction=loaded.training.test_fraction,
@@ -432,7 +433,7 @@ def _planning_profiles(
 
     torch.set_num_threads(scenario.base_station.threads)
     weights = prepare_weights(scenario, progress=True)
-    data = held_out(
+    data = load_held_out(
         scenario.data.dataset,
         data_dir=scenario.data.dir,
         test_fraction=scenario.training.test_fraction,

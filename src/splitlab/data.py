@@ -217,13 +217,48 @@ def load_dataset(name: str, *, data_dir: Path | None) -> Dataset:
     if name == "mnist":
         return load_mnist_subset()
     if name == "cifar10":
-        if data_dir is None:
-            raise ConfigError(
-                "data set 'cifar10' needs data_dir, the directory holding the "
-                "CIFAR-10 batches; none was given"
-            )
-        return load_cifar10(data_dir, split="test")
+        return load_cifar10(_cifar_directory(data_dir), split="test")
     raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+
+
+def load_splits(
+    name: str, *, data_dir: Path | None, test_fraction: float, seed: int
+) -> tuple[Dataset, Dataset]:
+    """The training part and the held-out part of a data set.
+
+    CIFAR-10 has its own train and test batches; the MNIST subset is split
+    with :meth:`Dataset.split` (``test_fraction``, ``seed``).
+    """
+    if name == "cifar10":
+        directory = _cifar_directory(data_dir)
+        return (
+            load_cifar10(directory, split="train"),
+            load_cifar10(directory, split="test"),
+        )
+    return load_dataset(name, data_dir=data_dir).split(test_fraction, seed)
+
+
+def load_held_out(
+    name: str, *, data_dir: Path | None, test_fraction: float, seed: int
+) -> Dataset:
+    """The held-out part of :func:`load_splits`: the inputs tasks draw from.
+
+    Reads only CIFAR-10's test batch, not its training batches.
+    """
+    if name == "cifar10":
+        return load_cifar10(_cifar_directory(data_dir), split="test")
+    return load_splits(name, data_dir=data_dir, test_fraction=test_fraction, seed=seed)[
+        1
+    ]
+
+
+def _cifar_directory(data_dir: Path | None) -> Path:
+    if data_dir is None:
+        raise ConfigError(
+            "data set 'cifar10' needs data_dir, the directory holding the "
+            "CIFAR-10 batches; none was given"
+        )
+    return data_dir
 
 
 def load_mnist_subset() -> Dataset:

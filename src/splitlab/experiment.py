@@ -23,7 +23,6 @@ import numpy
 import torch
 
 import splitlab
-from splitlab.data import load_dataset
 from splitlab.errors import TestbedError
 from splitlab.limit import Mechanism
 from splitlab.results import NodeRecord, ResultStore
@@ -97,10 +96,10 @@ def environment() -> dict[str, Any]:
 
 def prepare_weights(scenario: Scenario, *, progress: bool = False) -> TrainedWeights:
     """Load the scenario's model weights from the cache, training them if absent."""
-    data = load_dataset(scenario.data.dataset, data_dir=scenario.data.dir)
     return ensure_weights(
         scenario.model,
-        data,
+        dataset=scenario.data.dataset,
+        data_dir=scenario.data.dir,
         epochs=scenario.training.epochs,
         test_fraction=scenario.training.test_fraction,
         seed=scenario.seed,

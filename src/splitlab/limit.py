@@ -360,6 +360,11 @@ class ProcessLimiter:
     interpreter's switch interval, 5 ms).  What the process used in excess
     is taken off its next cycles, so the share holds on average but single
     cycles can run long.
+
+    The kernel charges memory to the group that was current when it was
+    allocated and does not move the charge with the process, so a memory
+    limit only counts what the process allocates after :meth:`apply`: apply
+    it before the device loads its model.
     """
 
     def __init__(

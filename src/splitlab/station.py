@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from splitlab.data import Dataset
+from splitlab.data import Dataset, load_held_out
 from splitlab.errors import ProtocolError, SplitlabError, TestbedError
 from splitlab.models import StagedModel
 from splitlab.plan import Plan, PlanningProblem, make_plan
@@ -40,7 +40,7 @@ from splitlab.profile import NodeProfile, profile_from_dict, profile_model
 from splitlab.results import PredictionRecord, ResultStore, RunStatus, TaskRecord
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.schedule import Job, Scheduler, make_scheduler
-from splitlab.weights import held_out, load_trained
+from splitlab.weights import load_trained
 from splitlab.wire import Channel, ConnectionClosed, Message, MessageKind, decode_tensor
 from splitlab.workload import TaskSpec, generate_tasks
 
@@ -281,7 +281,7 @@ class BaseStation:
             )
 
         # The station profiles itself while the devices do the same.
-        self.data = held_out(
+        self.data = load_held_out(
             scenario.data.dataset,
             data_dir=data_dir,
             test_fraction=scenario.training.test_fraction,

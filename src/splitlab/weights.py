@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from splitlab.data import Dataset, load_dataset
+from splitlab.data import Dataset, load_splits
 from splitlab.errors import ConfigError
 from splitlab.models import StagedModel, build_model
 
@@ -60,11 +60,11 @@ def cache_dir() -> Path:
 
 
 def weights_path(
-    model: str, dataset: Dataset, *, epochs: int, seed: int, root: Path | None = None
+    model: str, dataset: str, *, epochs: int, seed: int, root: Path | None = None
 ) -> Path:
     """The cache file for one model trained one way on one data set."""
     folder = (root or cache_dir()) / "weights"
-    return folder / f"{model}-{dataset.name}-e{epochs}-s{seed}.safetensors"
+    return folder / f"{model}-{dataset}-e{epochs}-s{seed}.safetensors"
 
 
 def evaluate(model: StagedModel, data: Dataset, *, batch: int = 256) -> float:
@@ -120,7 +120,7 @@ def load_weights(model: StagedModel, path: Path) -> None:
     """Load a safetensors file into ``model``, checking every tensor matches."""
     try:
         state = load_file(str(path))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise ConfigError(f"cannot read weights {path}: {error}") from None
     try:
         model.load_state_dict(state, strict=True)
@@ -134,16 +134,21 @@ def load_weights(model: StagedModel, path: Path) -> None:
 
 def ensure_weights(
     model_name: str,
-    data: Dataset,
     *,
+    dataset: str,
+    data_dir: Path | None,
     epochs: int,
     test_fraction: float,
     seed: int,
     progress: bool = False,
     root: Path | None = None,
 ) -> TrainedWeights:
-    """Return cached weights for ``model_name`` on ``data``, training them if absent."""
-    path = weights_path(model_name, data, epochs=epochs, seed=seed, root=root)
+    """Return cached weights for ``model_name`` on ``dataset``, training if absent.
+
+    Training uses the training part of :func:`splitlab.data.load_splits` and
+    reports the accuracy on its held-out part.
+    """
+    path = weights_path(model_name, dataset, epochs=epochs, seed=seed, root=root)
     if path.is_file():
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -151,8 +156,10 @@ def ensure_weights(
         accuracy = float(metadata.get("test_accuracy", "nan"))
         return TrainedWeights(path, accuracy, trained_now=False, train_s=0.0)
 
-    train_set, test_set = data.split(test_fraction, seed)
-    model = build_model(model_name, classes=len(data.classes))
+    train_set, test_set = load_splits(
+        dataset, data_dir=data_dir, test_fraction=test_fraction, seed=seed
+    )
+    model = build_model(model_name, classes=len(train_set.classes))
     started_s = time.perf_counter()
     train(model, train_set, epochs=epochs, seed=seed, progress=progress)
     train_s = time.perf_counter() - started_s
@@ -164,7 +171,7 @@ def ensure_weights(
     partial = path.with_suffix(".partial")
     metadata = {
         "model": model_name,
-        "dataset": data.name,
+        "dataset": dataset,
         "epochs": str(epochs),
         "seed": str(seed),
         "test_accuracy": f"{accuracy:.6f}",
@@ -185,11 +192,3 @@ def load_trained(model_name: str, path: Path, *, classes: int) -> StagedModel:
     model = build_model(model_name, classes=classes)
     load_weights(model, path)
     return model
-
-
-def held_out(
-    dataset: str, *, data_dir: Path | None, test_fraction: float, seed: int
-) -> Dataset:
-    """The part of a data set that training never saw; tasks draw from it."""
-    _, test_set = load_dataset(dataset, data_dir=data_dir).split(test_fraction, seed)
-    return test_set
