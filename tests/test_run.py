@@ -137,6 +137,16 @@ def test_cli_runs_a_scenario_file_and_refuses_a_bad_one(tmp_path: Path) -> None:
     assert "neurosurgeon" in result.stdout
     assert "equals the unsplit model for 6 of 6 tasks" in result.stdout
 
+    # Planning alone reuses the profiles the run measured.
+    result = subprocess.run(
+        [sys.executable, "-m", "splitlab.cli", "plan", str(path), "--algorithm",
+         "offload-all", "--workspace", str(tmp_path / "ws")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "profiles: measured in run 1" in result.stdout
+    assert "plan by offload-all" in result.stdout
+
     broken = yaml.safe_load(scenario.to_yaml())
     broken["devices"][1]["link"]["rate_mbps"] = 0
     path.write_text(yaml.safe_dump(broken))

@@ -26,12 +26,20 @@ import torch
 
 from splitlab.data import load_held_out
 from splitlab.errors import ProtocolError, SplitlabError
+from splitlab.limit import seen_limit
 from splitlab.link import LinkSpec
 from splitlab.models import StagedModel
 from splitlab.profile import profile_model, profile_to_dict
 from splitlab.shaping import ShapedSender
 from splitlab.weights import load_trained
-from splitlab.wire import Channel, ConnectionClosed, Message, MessageKind, tensor_header
+from splitlab.wire import (
+    Channel,
+    ConnectionClosed,
+    Message,
+    MessageKind,
+    tensor_header,
+    tensor_payload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +112,17 @@ class DeviceAgent:
             node=self.config.node,
             timeout_s=CONNECT_TIMEOUT_S,
         )
+        # The device reports the limits it finds on itself, so the run shows
+        # what held rather than only what was asked for.
+        limit = seen_limit()
         channel.send(
             MessageKind.HELLO,
             {
                 "pid": os.getpid(),
                 "rss_bytes": resident_bytes(),
                 "threads": self.config.threads,
+                "cpu_share": limit.cpu_share,
+                "memory_bytes": limit.memory_bytes,
             },
         )
         try:
@@ -198,7 +211,7 @@ class DeviceAgent:
                     if cut == model.num_stages
                     else MessageKind.TENSOR
                 )
-                sender.send(kind, header, output.tobytes())
+                sender.send(kind, header, tensor_payload(output))
         sender.send(MessageKind.DONE, {"tasks": len(message.header["tasks"])}, b"")
         sender.close()
 

@@ -146,16 +146,17 @@ def run(
     )
     bars: dict[str, Any] = {}
 
+    def say(text: str) -> None:
+        progress.console.print(text, highlight=False)
+
     def on_event(event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "connected":
-            progress.log(f"{event['node']} connected (pid {event['pid']})")
+            say(_connected_text(event))
         elif kind == "profiled":
-            progress.log(
-                f"{event['node']} profiled: whole model {_ms(event['total_s'])} ms"
-            )
+            say(f"{event['node']} profiled: whole model {_ms(event['total_s'])} ms")
         elif kind == "plan":
-            progress.log(_plan_text(event))
+            say(_plan_text(event))
         elif kind == "started":
             for device in loaded.devices:
                 bars[device.name] = progress.add_task(
@@ -164,9 +165,9 @@ def run(
         elif kind == "task":
             progress.update(bars[event["node"]], completed=event["done"])
         elif kind == "device_failed":
-            progress.log(f"[red]{event['node']} failed:[/] {event['reason']}")
+            say(f"[red]{event['node']} failed:[/] {event['reason']}")
         elif kind == "verified":
-            progress.log(
+            say(
                 f"verified {event['matched']}/{event['total']} tasks against the "
                 f"unsplit model (max |diff| {event['max_abs_diff']:.2e})"
             )
@@ -190,6 +191,18 @@ def run(
     if outcome.status != "completed":
         errors.print(f"[bold red]run incomplete:[/] {outcome.reason}", highlight=False)
         sys.exit(5)
+
+
+def _connected_text(event: dict[str, Any]) -> str:
+    share, memory, link = event["cpu_share"], event["memory_bytes"], event["link"]
+    seen = "no CPU quota visible" if share is None else f"CPU share {share:.2f}"
+    if memory is not None:
+        seen += f", memory {memory / 2**20:.0f} MiB"
+    return (
+        f"{event['node']} connected (pid {event['pid']}, {seen}; link "
+        f"{link['latency_ms']:g} ms, {link['rate_mbps']:g} Mbit/s, jitter "
+        f"{link['jitter_ms']:g} ms)"
+    )
 
 
 def _plan_text(event: dict[str, Any]) -> str:

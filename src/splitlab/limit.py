@@ -981,3 +981,59 @@ def _write(path: Path, value: str) -> None:
 
 def _write_command(path: Path, value: str) -> str:
     return f"echo {shlex.quote(value)} > {shlex.quote(str(path))}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeenLimit:
+    """The CPU and memory limits a process finds on itself.
+
+    Attributes
+    ----------
+    cpu_share:
+        Quota over period of its cpu cgroup, or ``None`` when unlimited or not
+        in a cgroup with a quota (``cpulimit`` and ``sigstop`` leave no trace
+        a process can read).
+    memory_bytes:
+        Its memory cgroup's limit, or ``None`` when unlimited.
+    """
+
+    cpu_share: float | None
+    memory_bytes: int | None
+
+
+def seen_limit(capabilities: LimitCapabilities | None = None) -> SeenLimit:
+    """Read the limits of this process's own cgroups (v2 first, then v1)."""
+    caps = capabilities or detect_capabilities()
+    cpu_share: float | None = None
+    memory_bytes: int | None = None
+
+    unified = _cgroup_path("self", None)
+    if caps.cgroup_v2_path is not None and unified is not None:
+        group = caps.cgroup_v2_path / unified.lstrip("/")
+        quota, _, period = _read_quiet(group / "cpu.max").partition(" ")
+        if quota.isdigit() and period.isdigit():
+            cpu_share = int(quota) / int(period)
+        memory = _read_quiet(group / "memory.max")
+        if memory.isdigit():
+            memory_bytes = int(memory)
+
+    cpu_group = _own_group(caps.cgroup_v1_cpu_path, "cpu")
+    if cpu_share is None and cpu_group is not None:
+        quota_text = _read_quiet(cpu_group / "cpu.cfs_quota_us")
+        period_text = _read_quiet(cpu_group / "cpu.cfs_period_us")
+        if quota_text.isdigit() and period_text.isdigit():
+            cpu_share = int(quota_text) / int(period_text)
+    memory_group = _own_group(caps.cgroup_v1_memory_path, "memory")
+    if memory_bytes is None and memory_group is not None:
+        limit = _read_quiet(memory_group / "memory.limit_in_bytes")
+        # v1 reports "no limit" as a huge page-aligned number.
+        if limit.isdigit() and int(limit) < 2**62:
+            memory_bytes = int(limit)
+    return SeenLimit(cpu_share, memory_bytes)
+
+
+def _read_quiet(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

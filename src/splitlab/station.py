@@ -248,11 +248,15 @@ class BaseStation:
                 channel.close()
                 continue
             self._devices[node] = _Device(node, channel)
+            config = next(d for d in self.scenario.devices if d.name == node)
             self.emit(
                 "connected",
                 node=node,
                 pid=hello.header.get("pid"),
                 rss_bytes=hello.header.get("rss_bytes"),
+                cpu_share=hello.header.get("cpu_share"),
+                memory_bytes=hello.header.get("memory_bytes"),
+                link=config.link.model_dump(),
             )
 
     def _profile(self) -> tuple[dict[str, NodeProfile], NodeProfile]:
@@ -522,7 +526,7 @@ class BaseStation:
         offloaded = _Offloaded(
             spec=task,
             cut=cut,
-            tensor=torch.from_numpy(array.copy()),
+            tensor=torch.from_numpy(array),
             arrival_at=arrival_at,
             started_at=started_at,
             finished_at=finished_at,
