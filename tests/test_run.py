@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import threading
@@ -59,6 +60,7 @@ def test_every_task_is_recorded_and_equals_the_unsplit_model(
         nodes = store.nodes(outcome.run_id)
         summary = summarise(store, outcome.run_id)
         profiles = store.profiles(outcome.run_id)
+        slices = store.slices(outcome.run_id)
 
     assert len(tasks) == 18
     assert {task.device for task in tasks} == {"d1", "d2", "d3"}
@@ -78,6 +80,16 @@ def test_every_task_is_recorded_and_equals_the_unsplit_model(
             link = scenario.devices[int(task.device[1]) - 1].link.spec()
             assert task.transmission_s >= link.transfer_s(task.cut_bytes) * 0.95
             assert task.cut_bytes == 3 * 32 * 32 * 4
+    # The BS schedule: round robin runs one stage a turn, every offloaded
+    # task's tail is covered exactly once, and one worker never overlaps.
+    for task in tasks:
+        own = [piece for piece in slices if piece.task_id == task.task_id]
+        assert sum(piece.stages for piece in own) == 11 - task.cut
+        assert all(piece.stages == 1 for piece in own)
+        assert sorted(p.first_stage for p in own) == list(range(task.cut, 11))
+    ends = [(piece.start_s, piece.end_s) for piece in slices]
+    assert all(end <= later_start + 1e-6 for (_, end), (later_start, _) in
+               itertools.pairwise(ends))  # fmt: skip
     assert set(profiles) == {"bs", "d1", "d2", "d3"}
     assert {node.limit_mechanism for node in nodes if node.role == "device"} == {
         outcome.limit_mechanism

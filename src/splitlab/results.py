@@ -109,6 +109,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     completed_at REAL NOT NULL,
     PRIMARY KEY (run_id, task_id)
 );
+CREATE TABLE IF NOT EXISTS slices (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    task_id INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    worker INTEGER NOT NULL,
+    first_stage INTEGER NOT NULL,
+    stages INTEGER NOT NULL,
+    start_s REAL NOT NULL,
+    end_s REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
     at REAL NOT NULL,
@@ -166,6 +176,24 @@ class PredictionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SliceRecord:
+    """A piece of a task's tail that one BS worker ran without a break.
+
+    ``first_stage`` is the 0-based index of the first stage run (the cut plus
+    the stages already done); times count from the run's start, in seconds.
+    Together the slices are the BS schedule.
+    """
+
+    task_id: int
+    device: str
+    worker: int
+    first_stage: int
+    stages: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     """A node as it was realised for a run."""
 
@@ -200,6 +228,7 @@ class RunRecord:
 
 _TASK_COLUMNS = tuple(field.name for field in fields(TaskRecord))
 _PREDICTION_COLUMNS = tuple(field.name for field in fields(PredictionRecord))
+_SLICE_COLUMNS = tuple(field.name for field in fields(SliceRecord))
 
 
 class ResultStore:
@@ -352,14 +381,22 @@ class ResultStore:
                 [(run_id, *asdict(p).values()) for p in predictions],
             )
 
-    def record_task(self, run_id: int, task: TaskRecord) -> None:
-        """Commit one finished task."""
+    def record_task(
+        self, run_id: int, task: TaskRecord, slices: Sequence[SliceRecord] = ()
+    ) -> None:
+        """Commit one finished task and the BS slices that ran it, together."""
         placeholders = ", ".join("?" * (len(_TASK_COLUMNS) + 1))
+        slice_placeholders = ", ".join("?" * (len(_SLICE_COLUMNS) + 1))
         with self._transaction() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO tasks (run_id, {', '.join(_TASK_COLUMNS)})"
                 f" VALUES ({placeholders})",
                 (run_id, *asdict(task).values()),
+            )
+            db.executemany(
+                f"INSERT INTO slices (run_id, {', '.join(_SLICE_COLUMNS)})"
+                f" VALUES ({slice_placeholders})",
+                [(run_id, *asdict(piece).values()) for piece in slices],
             )
 
     def record_verification(
@@ -442,6 +479,15 @@ class ResultStore:
             (run_id,),
         )
         return [PredictionRecord(*row) for row in rows]
+
+    def slices(self, run_id: int) -> list[SliceRecord]:
+        """A run's BS schedule ordered by start time."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_SLICE_COLUMNS)} FROM slices WHERE run_id = ?"
+            " ORDER BY start_s, worker",
+            (run_id,),
+        )
+        return [SliceRecord(*row) for row in rows]
 
     def cuts(self, run_id: int) -> dict[str, int]:
         """The scheme a run used."""

@@ -23,8 +23,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,13 @@ from splitlab.errors import ProtocolError, SplitlabError, TestbedError
 from splitlab.models import StagedModel
 from splitlab.plan import Plan, PlanningProblem, make_plan
 from splitlab.profile import NodeProfile, profile_from_dict, profile_model
-from splitlab.results import PredictionRecord, ResultStore, RunStatus, TaskRecord
+from splitlab.results import (
+    PredictionRecord,
+    ResultStore,
+    RunStatus,
+    SliceRecord,
+    TaskRecord,
+)
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.schedule import Job, Scheduler, make_scheduler
 from splitlab.weights import load_trained
@@ -129,6 +135,7 @@ class _Offloaded:
     received_at: float
     cut_bytes: int
     compute_s: float = 0.0
+    slices: list[SliceRecord] = field(default_factory=list)
 
 
 class BaseStation:
@@ -389,7 +396,9 @@ class BaseStation:
                 1 for task in self._tasks.values() if task.device == device.name
             )
         workers = [
-            threading.Thread(target=self._work, name=f"bs-worker-{index}", daemon=True)
+            threading.Thread(
+                target=self._work, args=(index,), name=f"bs-worker-{index}", daemon=True
+            )
             for index in range(self.scenario.base_station.workers)
         ]
         for worker in workers:
@@ -546,7 +555,7 @@ class BaseStation:
             )
             self._lock.notify_all()
 
-    def _work(self) -> None:
+    def _work(self, worker: int) -> None:
         assert self.model is not None
         model = self.model
         while True:
@@ -566,6 +575,17 @@ class BaseStation:
                 task.tensor = model.run(task.tensor, first, first + piece.stages)
             ended = time.time()
             task.compute_s += ended - started
+            task.slices.append(
+                SliceRecord(
+                    task_id=task.spec.task_id,
+                    device=task.spec.device,
+                    worker=worker,
+                    first_stage=first,
+                    stages=piece.stages,
+                    start_s=started - self._start_at,
+                    end_s=ended - self._start_at,
+                )
+            )
 
             with self._lock:
                 self._busy_workers -= 1
@@ -585,6 +605,7 @@ class BaseStation:
                     end_at=ended,
                     compute_s=task.compute_s,
                     cut_bytes=task.cut_bytes,
+                    slices=task.slices,
                     logits=task.tensor.numpy().reshape(-1),
                 )
 
@@ -602,6 +623,7 @@ class BaseStation:
         compute_s: float,
         cut_bytes: int,
         logits: np.ndarray[Any, Any],
+        slices: Sequence[SliceRecord] = (),
     ) -> None:
         assert self.data is not None
         record = TaskRecord(
@@ -624,7 +646,7 @@ class BaseStation:
             completed_at=end_at,
         )
         with self._store_lock:
-            self.store.record_task(self.config.run_id, record)
+            self.store.record_task(self.config.run_id, record, slices)
         with self._lock:
             device.recorded += 1
             done = device.recorded
