@@ -26,6 +26,7 @@ import torch
 
 from splitlab.data import load_held_out
 from splitlab.errors import ProtocolError, SplitlabError
+from splitlab.lifetime import die_with_parent
 from splitlab.limit import seen_limit
 from splitlab.link import LinkSpec
 from splitlab.models import StagedModel
@@ -218,6 +219,7 @@ class DeviceAgent:
 
 def main() -> int:
     """Entry point of ``python -m splitlab.agent``."""
+    die_with_parent()
     logging.basicConfig(
         level=os.environ.get("SPLITLAB_LOG", "WARNING"),
         format="%(asctime)s agent %(levelname)s %(message)s",

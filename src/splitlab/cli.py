@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,12 @@ from rich.table import Table
 
 from splitlab.data import load_held_out
 from splitlab.errors import SplitlabError
-from splitlab.experiment import default_workspace, prepare_weights, run_scenario
+from splitlab.experiment import (
+    default_workspace,
+    mark_abandoned,
+    prepare_weights,
+    run_scenario,
+)
 from splitlab.models import MODELS, build_model
 from splitlab.plan import ALGORITHMS, PlanningProblem, make_plan
 from splitlab.profile import NodeProfile, StageProfile, profile_model
@@ -31,6 +37,7 @@ from splitlab.report import RunSummary, summarise
 from splitlab.results import ResultStore
 from splitlab.scenario import Scenario, load_scenario
 from splitlab.schedule import SCHEDULERS
+from splitlab.testbed import teardown
 from splitlab.weights import load_trained
 from splitlab.workload import generate_tasks
 
@@ -172,6 +179,9 @@ def run(
                 f"unsplit model (max |diff| {event['max_abs_diff']:.2e})"
             )
 
+    # SIGTERM stops a run like Ctrl-C does: the testbed is torn down and the
+    # run is marked incomplete.
+    signal.signal(signal.SIGTERM, _interrupt)
     with progress:
         outcome = run_scenario(
             loaded,
@@ -191,6 +201,10 @@ def run(
     if outcome.status != "completed":
         errors.print(f"[bold red]run incomplete:[/] {outcome.reason}", highlight=False)
         sys.exit(5)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _connected_text(event: dict[str, Any]) -> str:
@@ -274,6 +288,30 @@ def summary(run_id: int | None, workspace: Path | None) -> None:
         if chosen is None:
             raise SplitlabError(f"{path} holds no runs")
         _print_summary(summarise(store, chosen))
+
+
+@main.group()
+def testbed() -> None:
+    """Inspect and clean up the testbed."""
+
+
+@testbed.command()
+@click.option("--prefix", default=None, help="Only the run with this prefix.")
+@_workspace_option
+def down(prefix: str | None, workspace: Path | None) -> None:
+    """Stop every node process and remove every control group a run left.
+
+    Runs of the workspace's store still marked running, whose base station
+    is gone, are marked incomplete.
+    """
+    for line in teardown(prefix):
+        console.print(line, highlight=False)
+    path = (workspace or default_workspace()) / "results.sqlite"
+    if path.exists():
+        with ResultStore(path) as store:
+            for run_id in mark_abandoned(store):
+                console.print(f"marked run {run_id} incomplete")
+    console.print("testbed down")
 
 
 @main.command()

@@ -202,6 +202,35 @@ def run_scenario(
     )
 
 
+def mark_abandoned(store: ResultStore) -> list[int]:
+    """Mark runs still ``running`` whose base station process is gone.
+
+    Returns the ids of the runs marked incomplete.
+    """
+    marked = []
+    for record in store.runs():
+        if record.status != "running":
+            continue
+        stations = [node for node in store.nodes(record.run_id) if node.role == "bs"]
+        if any(node.pid and _alive(node.pid) for node in stations):
+            continue
+        store.finish_run(
+            record.run_id, "incomplete", "abandoned: its processes were stopped"
+        )
+        marked.append(record.run_id)
+    return marked
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs; a zombie left unreaped by its new parent is dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses.
+    return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
 def _record_nodes(
     store: ResultStore,
     *,

@@ -34,6 +34,7 @@ import yaml
 
 from splitlab.data import Dataset, load_held_out
 from splitlab.errors import ProtocolError, SplitlabError, TestbedError
+from splitlab.lifetime import die_with_parent
 from splitlab.models import StagedModel
 from splitlab.plan import Plan, PlanningProblem, make_plan
 from splitlab.profile import NodeProfile, profile_from_dict, profile_model
@@ -64,6 +65,14 @@ RUN_SLACK_S = 60.0
 # Split and whole-model logits may differ by float rounding only.
 LOGIT_RTOL = 1e-4
 LOGIT_ATOL = 1e-5
+
+
+def connect_timeout_s() -> float:
+    """How long the station waits for every device: ``$SPLITLAB_CONNECT_TIMEOUT_S``.
+
+    Defaults to :data:`CONNECT_TIMEOUT_S`; boards that boot slowly need more.
+    """
+    return float(os.environ.get("SPLITLAB_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +229,14 @@ class BaseStation:
 
     def _accept_devices(self, listener: socket.socket) -> None:
         expected = {device.name for device in self.scenario.devices}
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        timeout_s = connect_timeout_s()
+        deadline = time.monotonic() + timeout_s
         while set(self._devices) != expected:
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 missing = ", ".join(sorted(expected - set(self._devices)))
                 raise TestbedError(
-                    f"devices {missing} did not connect within "
-                    f"{CONNECT_TIMEOUT_S:.0f} s"
+                    f"devices {missing} did not connect within {timeout_s:g} s"
                 )
             listener.settimeout(remaining_s)
             try:
@@ -696,6 +705,7 @@ def _print_event(kind: str, **fields: Any) -> None:
 
 def main() -> int:
     """Entry point of ``python -m splitlab.station``."""
+    die_with_parent()
     logging.basicConfig(
         level=os.environ.get("SPLITLAB_LOG", "WARNING"),
         format="%(asctime)s station %(levelname)s %(message)s",

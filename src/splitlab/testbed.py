@@ -9,6 +9,7 @@ Teardown always runs and leaves no process or control group behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,16 +18,28 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from splitlab.errors import TestbedError
-from splitlab.limit import AppliedLimit, LimitSpec, Mechanism, ProcessLimiter
+from splitlab.lifetime import PARENT_VARIABLE
+from splitlab.limit import (
+    AppliedLimit,
+    LimitSpec,
+    Mechanism,
+    ProcessLimiter,
+    cleanup_prefix,
+    detect_capabilities,
+)
 from splitlab.scenario import DeviceConfig, Scenario
 from splitlab.station import StationConfig
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 5.0
+# Every process a testbed starts carries its run prefix in this variable, so
+# `splitlab testbed down` can find what a killed CLI left running.
+PREFIX_VARIABLE = "SPLITLAB_TESTBED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,7 @@ class LocalTestbed:
         self, scenario: Scenario, *, prefix: str, prefer: Mechanism | None = None
     ) -> None:
         self.scenario = scenario
+        self.prefix = prefix
         self.limiter = ProcessLimiter(prefix, prefer=prefer)
         self.station: subprocess.Popen[str] | None = None
         self.devices: dict[str, DeviceProcess] = {}
@@ -74,6 +88,7 @@ class LocalTestbed:
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env=self._environment(),
         )
         assert self.station.stdin is not None and self.station.stdout is not None
         self.station.stdin.write(config.to_json() + "\n")
@@ -87,7 +102,10 @@ class LocalTestbed:
             command = [sys.executable, "-m", "splitlab.agent"]
             logger.debug("starting device %s: %s", config.name, " ".join(command))
             process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, start_new_session=True
+                command,
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+                env=self._environment(),
             )
             try:
                 limit = self.limiter.apply(
@@ -116,6 +134,13 @@ class LocalTestbed:
             self.devices[config.name] = device
             started.append(device)
         return started
+
+    def _environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            PREFIX_VARIABLE: self.prefix,
+            PARENT_VARIABLE: str(os.getpid()),
+        }
 
     def kill_device(self, name: str) -> None:
         """Kill one device's process at once (fault injection)."""
@@ -155,6 +180,80 @@ class LocalTestbed:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.limiter.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """A process a testbed started that is still running."""
+
+    pid: int
+    prefix: str
+    command: str
+
+
+def find_leftovers(prefix: str | None = None) -> list[Leftover]:
+    """Processes started by a testbed (of ``prefix``, or any) still running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        tag = PREFIX_VARIABLE.encode() + b"="
+        for variable in environ:
+            if variable.startswith(tag):
+                owner = variable[len(tag) :].decode(errors="replace")
+                if prefix is None or owner == prefix:
+                    found.append(
+                        Leftover(int(entry.name), owner, command.decode().strip())
+                    )
+    return found
+
+
+def teardown(prefix: str | None = None) -> list[str]:
+    """Stop every leftover process and remove every leftover control group.
+
+    Returns one line per thing removed.  ``prefix`` limits the sweep to one
+    run; without it, everything any splitlab testbed left is removed.
+    """
+    removed = []
+    leftovers = find_leftovers(prefix)
+    for leftover in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover.pid, signal.SIGCONT)
+            os.kill(leftover.pid, signal.SIGKILL)
+            removed.append(f"killed pid {leftover.pid} ({leftover.command})")
+    prefixes = (
+        {prefix}
+        if prefix
+        else group_prefixes() | {leftover.prefix for leftover in leftovers}
+    )
+    for each in sorted(prefixes):
+        removed.extend(f"removed {group}" for group in cleanup_prefix(each))
+    return removed
+
+
+def group_prefixes() -> set[str]:
+    """Run prefixes of the splitlab control groups on this machine."""
+    capabilities = detect_capabilities()
+    roots = {
+        root
+        for root in (
+            capabilities.cgroup_v2_path,
+            capabilities.cgroup_v1_cpu_path,
+            capabilities.cgroup_v1_memory_path,
+        )
+        if root is not None
+    }
+    prefixes = set()
+    for root in roots:
+        for group in root.rglob("splitlab-*"):
+            if group.is_dir():
+                prefixes.add(group.name.removeprefix("splitlab-").split("-", 1)[0])
+    return prefixes
 
 
 def _events(stream: IO[str]) -> Iterator[dict[str, Any]]:
