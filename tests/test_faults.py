@@ -160,3 +160,70 @@ def test_a_device_that_never_connects_stops_the_run_with_a_reason(
                            on_started=on_started)  # fmt: skip
     assert outcome.status == "incomplete"
     assert outcome.reason == "devices d2 did not connect within 8 s"
+
+
+def test_a_hung_device_is_declared_and_the_others_finish(tmp_path: Path) -> None:
+    testbeds: list[LocalTestbed] = []
+    stopped: list[int] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "task" and event["node"] == "d2" and event["done"] == 2:
+            process = testbeds[0].devices["d2"].process
+            # SIGSTOP a process the limiter may also cycle: release it first.
+            testbeds[0].limiter.release(process.pid)
+            os.kill(process.pid, signal.SIGSTOP)
+            stopped.append(process.pid)
+
+    outcome = run_scenario(
+        _scenario(12, 50), workspace=tmp_path, on_event=on_event,
+        on_started=testbeds.append,
+    )  # fmt: skip
+    assert stopped
+    assert outcome.status == "incomplete"
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("d2: hung: silent for 1")
+    with ResultStore(outcome.store) as store:
+        tasks = store.tasks(outcome.run_id)
+    assert len([task for task in tasks if task.device == "d1"]) == 12
+    assert 2 <= len([task for task in tasks if task.device == "d2"]) < 12
+    assert find_leftovers(testbeds[0].prefix) == []
+
+
+def test_an_unauthenticated_client_is_refused_while_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    from splitlab.wire import Channel
+
+    port: list[int] = []
+    outcomes: list[str] = []
+
+    def intrude() -> None:
+        # A client that knows the protocol but not the run's secret, then one
+        # that sends garbage; both during the run.
+        try:
+            Channel.connect("127.0.0.1", port[0], secret=b"x" * 32, node="d1",
+                            timeout_s=5)  # fmt: skip
+        except Exception as error:
+            outcomes.append(type(error).__name__)
+        with socket.create_connection(("127.0.0.1", port[0]), timeout=5) as raw:
+            raw.sendall(b"GET / HTTP/1.1\\r\\n\\r\\n" * 10)
+            outcomes.append("garbage sent")
+
+    events: list[dict[str, Any]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        events.append(event)
+        if event["event"] == "listening":
+            port.append(int(event["port"]))
+        if event["event"] == "task" and event["node"] == "d1" and event["done"] == 2:
+            threading.Thread(target=intrude).start()
+
+    outcome = run_scenario(_scenario(10, 60), workspace=tmp_path, on_event=on_event)
+    assert outcome.status == "completed", outcome.reason
+    assert outcomes == ["ProtocolError", "garbage sent"]
+    refused = [event for event in events if event["event"] == "refused"]
+    assert len(refused) == 2
+    with ResultStore(outcome.store) as store:
+        assert len(store.tasks(outcome.run_id)) == 20

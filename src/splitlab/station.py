@@ -62,6 +62,9 @@ START_DELAY_S = 0.5
 # that have not finished are declared hung.
 RUN_SLACK_FACTOR = 3.0
 RUN_SLACK_S = 60.0
+MIN_SILENCE_S = 10.0
+SILENCE_PERIODS = 10
+SILENCE_FACTOR = 3.0
 # Split and whole-model logits may differ by float rounding only.
 LOGIT_RTOL = 1e-4
 LOGIT_ATOL = 1e-5
@@ -129,6 +132,7 @@ class _Device:
     recorded: int = 0
     sent_all: bool = False
     failure: str | None = None
+    last_heard_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -198,15 +202,26 @@ class BaseStation:
         """Run the whole experiment; return the run's status and reason."""
         torch.set_num_threads(self.scenario.base_station.threads)
         listener = socket.create_server((self.config.host, self.config.port))
+        closing = threading.Event()
         try:
             self.emit("listening", port=listener.getsockname()[1])
             self._accept_devices(listener)
-        finally:
-            listener.close()
 
-        profiles, bs_profile = self._profile()
-        plan = self._make_plan(profiles, bs_profile)
-        self._execute(plan)
+            # The port stays open for the whole run, so that any later
+            # connection is examined, logged and refused rather than queued.
+            guard = threading.Thread(
+                target=self._refuse_latecomers,
+                args=(listener, closing),
+                name="bs-guard",
+                daemon=True,
+            )
+            guard.start()
+            profiles, bs_profile = self._profile()
+            plan = self._make_plan(profiles, bs_profile)
+            self._execute(plan)
+        finally:
+            closing.set()
+            listener.close()
         self._verify()
 
         failures = [
@@ -243,25 +258,13 @@ class BaseStation:
                 sock, address = listener.accept()
             except TimeoutError:
                 continue
-            try:
-                channel = Channel.accept(
-                    sock, secret=self.config.secret, timeout_s=10.0
-                )
-                hello = channel.recv(timeout_s=10.0)
-            except (ProtocolError, TimeoutError, OSError) as error:
-                logger.warning("refused a connection from %s: %s", address, error)
-                sock.close()
+            admitted = self._admit(sock, address)
+            if admitted is None:
                 continue
+            channel, hello = admitted
             node = channel.node
-            if (
-                hello.kind != MessageKind.HELLO
-                or node not in expected
-                or node in self._devices
-            ):
-                logger.warning(
-                    "refused %s from %s: unknown or duplicate", node, address
-                )
-                channel.close()
+            if node not in expected or node in self._devices:
+                self._refuse(channel, address, f"{node} is unknown or already here")
                 continue
             self._devices[node] = _Device(node, channel)
             config = next(d for d in self.scenario.devices if d.name == node)
@@ -274,6 +277,46 @@ class BaseStation:
                 memory_bytes=hello.header.get("memory_bytes"),
                 link=config.link.model_dump(),
             )
+
+    def _admit(
+        self, sock: socket.socket, address: object
+    ) -> tuple[Channel, Message] | None:
+        """Authenticate a new connection and read its HELLO; None if refused."""
+        try:
+            channel = Channel.accept(sock, secret=self.config.secret, timeout_s=10.0)
+            hello = channel.recv(timeout_s=10.0)
+        except (ProtocolError, TimeoutError, OSError) as error:
+            logger.warning("refused a connection from %s: %s", address, error)
+            self.emit("refused", address=str(address), reason=str(error))
+            sock.close()
+            return None
+        if hello.kind != MessageKind.HELLO:
+            self._refuse(channel, address, f"it sent {hello.kind.name} first")
+            return None
+        return channel, hello
+
+    def _refuse(self, channel: Channel, address: object, reason: str) -> None:
+        logger.warning("refused %s: %s", address, reason)
+        self.emit("refused", address=str(address), reason=reason)
+        channel.close()
+
+    def _refuse_latecomers(
+        self, listener: socket.socket, closing: threading.Event
+    ) -> None:
+        listener.settimeout(0.5)
+        while not closing.is_set():
+            try:
+                sock, address = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            admitted = self._admit(sock, address)
+            if admitted is not None:
+                channel, _ = admitted
+                self._refuse(
+                    channel, address, f"{channel.node} connected after the start"
+                )
 
     def _profile(self) -> tuple[dict[str, NodeProfile], NodeProfile]:
         scenario = self.scenario
@@ -439,17 +482,38 @@ class BaseStation:
             + START_DELAY_S
             + (predicted_end_s * RUN_SLACK_FACTOR + RUN_SLACK_S)
         )
+        # A device that sends nothing for this long while it still owes tasks
+        # is declared hung; its finished tasks stay recorded.
+        longest_s = max((p.delay_s for p in plan.predictions), default=0.0)
+        silence_s = max(
+            MIN_SILENCE_S,
+            SILENCE_PERIODS * self.scenario.workload.period_ms / 1e3
+            + SILENCE_FACTOR * longest_s,
+        )
+        for device in self._devices.values():
+            device.last_heard_at = self._start_at
         with self._lock:
             while not self._settled():
-                if time.time() > deadline:
-                    for device in self._devices.values():
-                        if device.failure is None and device.recorded < device.expected:
-                            device.failure = (
-                                f"hung: {device.recorded} of {device.expected} tasks "
-                                f"recorded by the deadline"
-                            )
+                now = time.time()
+                for device in self._devices.values():
+                    if device.failure is not None or device.sent_all:
+                        continue
+                    if now > deadline or now - device.last_heard_at > silence_s:
+                        device.failure = (
+                            f"hung: silent for {now - device.last_heard_at:.1f} s "
+                            f"after {device.recorded} of {device.expected} tasks"
+                        )
+                        self.emit("device_failed", node=device.name,
+                                  reason=device.failure)  # fmt: skip
+                if now > deadline:
                     break
                 self._lock.wait(timeout=0.5)
+            for device in self._devices.values():
+                if device.failure is None and device.recorded < device.expected:
+                    device.failure = (
+                        f"only {device.recorded} of {device.expected} tasks "
+                        f"finished by the run's deadline"
+                    )
             self._stopping = True
             self._lock.notify_all()
         for device in self._devices.values():
@@ -502,6 +566,7 @@ class BaseStation:
 
     def _handle(self, device: _Device, message: Message) -> None:
         received_at = time.time()
+        device.last_heard_at = received_at
         if message.kind == MessageKind.DONE:
             with self._lock:
                 device.sent_all = True
