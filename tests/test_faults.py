@@ -208,7 +208,7 @@ def test_an_unauthenticated_client_is_refused_while_the_run_goes_on(
         except Exception as error:
             outcomes.append(type(error).__name__)
         with socket.create_connection(("127.0.0.1", port[0]), timeout=5) as raw:
-            raw.sendall(b"GET / HTTP/1.1\\r\\n\\r\\n" * 10)
+            raw.sendall(b"GET / HTTP/1.1\r\n\r\n" * 10)
             outcomes.append("garbage sent")
 
     events: list[dict[str, Any]] = []
@@ -227,3 +227,34 @@ def test_an_unauthenticated_client_is_refused_while_the_run_goes_on(
     assert len(refused) == 2
     with ResultStore(outcome.store) as store:
         assert len(store.tasks(outcome.run_id)) == 20
+
+
+def test_a_cut_link_reconnects_and_no_task_is_lost_or_doubled(tmp_path: Path) -> None:
+    testbeds: list[LocalTestbed] = []
+    events: list[dict[str, Any]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        events.append(event)
+        if (
+            event["event"] == "task"
+            and event["node"] == "d2"
+            and event["done"]
+            in (
+                3,
+                7,
+            )
+        ):
+            testbeds[0].cut_link("d2")
+
+    outcome = run_scenario(
+        _scenario(12, 60), workspace=tmp_path, on_event=on_event,
+        on_started=testbeds.append,
+    )  # fmt: skip
+    assert outcome.status == "completed", outcome.reason
+    kinds = [event["event"] for event in events]
+    assert kinds.count("disconnected") == 2
+    assert kinds.count("reconnected") == 2
+    with ResultStore(outcome.store) as store:
+        tasks = store.tasks(outcome.run_id)
+    assert sorted(task.task_id for task in tasks) == list(range(24))
+    assert all(task.matches_unsplit for task in tasks)

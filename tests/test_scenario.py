@@ -167,7 +167,7 @@ def test_any_mutation_of_a_scenario_is_accepted_or_named(
         parse_scenario(data, source="fuzz")
     except ConfigError as error:
         assert str(error).startswith("fuzz")
-        assert "\\n" not in str(error)
+        assert "\n" not in str(error)
 
 
 @settings(max_examples=200, deadline=None)

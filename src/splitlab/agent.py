@@ -12,11 +12,15 @@ line on standard input: ``{"host", "port", "node", "secret", "threads"}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,6 @@ from splitlab.wire import (
     Message,
     MessageKind,
     tensor_header,
-    tensor_payload,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ CONNECT_TIMEOUT_S = 30.0
 # Between messages the agent may wait through the whole profiling and
 # planning phase of the other nodes.
 IDLE_TIMEOUT_S = 900.0
+# Reconnecting after a dropped link: first wait, cap, and total budget.
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 2.0
+RECONNECT_BUDGET_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +109,56 @@ class DeviceAgent:
         self.images: np.ndarray[Any, np.dtype[np.float32]] | None = None
         self.link: LinkSpec | None = None
         self.seed = 0
+        self.on_cut: Callable[[], None] | None = None
+
+    def cut_link(self) -> None:
+        """Drop the current connection, as a cut link would (SIGUSR1)."""
+        if self.on_cut is not None:
+            self.on_cut()
 
     def serve(self) -> int:
         """Run until the base station says goodbye; return the exit status."""
         torch.set_num_threads(self.config.threads)
-        channel = Channel.connect(
-            self.config.host,
-            self.config.port,
-            secret=self.config.secret,
-            node=self.config.node,
-            timeout_s=CONNECT_TIMEOUT_S,
-        )
+        channel = self._connect(resume=False)
+        try:
+            while True:
+                message = channel.recv(timeout_s=IDLE_TIMEOUT_S)
+                if message.kind == MessageKind.BYE:
+                    return 0
+                if message.kind == MessageKind.PROFILE:
+                    channel.send(MessageKind.PROFILE, self._profile(message))
+                elif message.kind == MessageKind.PLAN:
+                    return self._run_tasks(channel, message)
+                else:
+                    raise ProtocolError(
+                        f"device {self.config.node} got an unexpected "
+                        f"{message.kind.name} message"
+                    )
+        finally:
+            channel.close()
+
+    def _connect(self, *, resume: bool) -> Channel:
+        """Connect and say HELLO; while resuming, retry with backoff."""
+        delay_s = RECONNECT_FIRST_S
+        deadline = time.monotonic() + RECONNECT_BUDGET_S
+        while True:
+            try:
+                channel = Channel.connect(
+                    self.config.host,
+                    self.config.port,
+                    secret=self.config.secret,
+                    node=self.config.node,
+                    timeout_s=CONNECT_TIMEOUT_S,
+                )
+                break
+            except (OSError, ProtocolError) as error:
+                if not resume or time.monotonic() + delay_s > deadline:
+                    raise
+                logger.warning("device %s: reconnecting in %.1f s after %s",
+                               self.config.node, delay_s, error)  # fmt: skip
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+
         # The device reports the limits it finds on itself, so the run shows
         # what held rather than only what was asked for.
         limit = seen_limit()
@@ -124,24 +170,10 @@ class DeviceAgent:
                 "threads": self.config.threads,
                 "cpu_share": limit.cpu_share,
                 "memory_bytes": limit.memory_bytes,
+                "resume": resume,
             },
         )
-        try:
-            while True:
-                message = channel.recv(timeout_s=IDLE_TIMEOUT_S)
-                if message.kind == MessageKind.BYE:
-                    return 0
-                if message.kind == MessageKind.PROFILE:
-                    channel.send(MessageKind.PROFILE, self._profile(message))
-                elif message.kind == MessageKind.PLAN:
-                    self._run_tasks(channel, message)
-                else:
-                    raise ProtocolError(
-                        f"device {self.config.node} got an unexpected "
-                        f"{message.kind.name} message"
-                    )
-        finally:
-            channel.close()
+        return channel
 
     def _profile(self, message: Message) -> dict[str, Any]:
         request = message.header
@@ -176,7 +208,7 @@ class DeviceAgent:
         reply["rss_bytes"] = resident_bytes()
         return reply
 
-    def _run_tasks(self, channel: Channel, message: Message) -> None:
+    def _run_tasks(self, channel: Channel, message: Message) -> int:
         if self.model is None or self.images is None or self.link is None:
             raise ProtocolError(
                 f"device {self.config.node} got a plan before profiling"
@@ -185,12 +217,13 @@ class DeviceAgent:
         cut = int(message.header["cut"])
         model.check_cut(cut)
         start_at = float(message.header["start_at"])
-        sender = ShapedSender(channel, self.link, seed=self.seed)
+        tasks = message.header["tasks"]
+        uplink = _Uplink(self, channel)
 
         # One loop is the device's single CPU: a task that arrives while the
         # previous one still runs waits, as it would on the board.
         with torch.inference_mode():
-            for task_id, sample, arrival_s in message.header["tasks"]:
+            for task_id, sample, arrival_s in tasks:
                 arrival_at = start_at + float(arrival_s)
                 pause_s = arrival_at - time.time()
                 if pause_s > 0:
@@ -212,9 +245,101 @@ class DeviceAgent:
                     if cut == model.num_stages
                     else MessageKind.TENSOR
                 )
-                sender.send(kind, header, tensor_payload(output))
-        sender.send(MessageKind.DONE, {"tasks": len(message.header["tasks"])}, b"")
-        sender.close()
+                uplink.send(int(task_id), kind, header, output.tobytes())
+        uplink.send(DONE_KEY, MessageKind.DONE, {"tasks": len(tasks)}, b"")
+        return uplink.wait_for_bye()
+
+
+# The key of the DONE message among a device's unacknowledged messages.
+DONE_KEY = -1
+
+
+class _Uplink:
+    """The task phase's connection: survives drops by reconnecting.
+
+    Every TENSOR, RESULT and DONE stays here until the station acknowledges
+    it; after a dropped connection the agent reconnects with backoff and
+    sends the unacknowledged ones again, in order.  The station ignores
+    copies of what it already has.
+    """
+
+    def __init__(self, agent: DeviceAgent, channel: Channel) -> None:
+        assert agent.link is not None
+        self.agent = agent
+        self.channel = channel
+        self.sender = ShapedSender(channel, agent.link, seed=agent.seed)
+        self._lock = threading.Lock()
+        self._unacked: dict[int, tuple[MessageKind, dict[str, Any], bytes]] = {}
+        self._broken = threading.Event()
+        self._bye = threading.Event()
+        self._start_reader()
+        agent.on_cut = self.cut
+
+    def cut(self) -> None:
+        """Drop the connection at once (the testbed's link-cut fault)."""
+        self.channel.close()
+
+    def send(
+        self, key: int, kind: MessageKind, header: dict[str, Any], payload: bytes
+    ) -> None:
+        with self._lock:
+            self._unacked[key] = (kind, header, payload)
+        if self._broken.is_set():
+            self._reconnect()
+            return
+        try:
+            self.sender.send(kind, header, payload)
+        except (OSError, ProtocolError):
+            self._reconnect()
+
+    def wait_for_bye(self) -> int:
+        """Wait for the station's goodbye, reconnecting if the link drops."""
+        deadline = time.monotonic() + IDLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._bye.wait(timeout=0.2):
+                with contextlib.suppress(OSError, ProtocolError):
+                    self.sender.close()
+                self.channel.close()
+                return 0
+            if self._broken.is_set():
+                self._reconnect()
+        raise TimeoutError(f"no goodbye from the station in {IDLE_TIMEOUT_S:.0f} s")
+
+    def _start_reader(self) -> None:
+        threading.Thread(
+            target=self._read, args=(self.channel,), name="uplink-read", daemon=True
+        ).start()
+
+    def _read(self, channel: Channel) -> None:
+        while True:
+            try:
+                message = channel.recv(timeout_s=None)
+            except (ProtocolError, OSError, TimeoutError):
+                if channel is self.channel:
+                    self._broken.set()
+                return
+            if message.kind == MessageKind.ACK:
+                with self._lock:
+                    self._unacked.pop(int(message.header["key"]), None)
+            elif message.kind == MessageKind.BYE:
+                self._bye.set()
+                return
+
+    def _reconnect(self) -> None:
+        node = self.agent.config.node
+        with contextlib.suppress(OSError, ProtocolError):
+            self.sender.close()
+        self.channel.close()
+        self.channel = self.agent._connect(resume=True)
+        self.sender = ShapedSender(self.channel, self.sender.spec, seed=self.agent.seed)
+        self._broken.clear()
+        self._start_reader()
+        with self._lock:
+            pending = list(self._unacked.values())
+        logger.warning("device %s: reconnected, resending %d messages",
+                       node, len(pending))  # fmt: skip
+        for kind, header, payload in pending:
+            self.sender.send(kind, header, payload)
 
 
 def main() -> int:
@@ -229,8 +354,10 @@ def main() -> int:
     except ValueError as error:
         logger.error("%s", error)
         return 3
+    agent = DeviceAgent(config)
+    signal.signal(signal.SIGUSR1, lambda *_: agent.cut_link())
     try:
-        return DeviceAgent(config).serve()
+        return agent.serve()
     except ConnectionClosed:
         logger.error("device %s: the base station closed the connection", config.node)
         return 5

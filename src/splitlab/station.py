@@ -48,7 +48,7 @@ from splitlab.results import (
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.schedule import Job, Scheduler, make_scheduler
 from splitlab.weights import load_trained
-from splitlab.wire import Channel, ConnectionClosed, Message, MessageKind, decode_tensor
+from splitlab.wire import Channel, Message, MessageKind, decode_tensor
 from splitlab.workload import TaskSpec, generate_tasks
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ START_DELAY_S = 0.5
 RUN_SLACK_FACTOR = 3.0
 RUN_SLACK_S = 60.0
 MIN_SILENCE_S = 10.0
+# A device whose connection dropped has this long to reconnect (its agent
+# gives up after 10 s of backoff).
+RECONNECT_GRACE_S = 12.0
+# The key a device's DONE message is acknowledged under.
+DONE_KEY = -1
 SILENCE_PERIODS = 10
 SILENCE_FACTOR = 3.0
 # Split and whole-model logits may differ by float rounding only.
@@ -133,6 +138,8 @@ class _Device:
     sent_all: bool = False
     failure: str | None = None
     last_heard_at: float = 0.0
+    disconnected_at: float | None = None
+    seen: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -207,10 +214,10 @@ class BaseStation:
             self.emit("listening", port=listener.getsockname()[1])
             self._accept_devices(listener)
 
-            # The port stays open for the whole run, so that any later
-            # connection is examined, logged and refused rather than queued.
+            # The port stays open for the whole run: a device whose link
+            # dropped comes back here, and anyone else is logged and refused.
             guard = threading.Thread(
-                target=self._refuse_latecomers,
+                target=self._watch_port,
                 args=(listener, closing),
                 name="bs-guard",
                 daemon=True,
@@ -300,9 +307,7 @@ class BaseStation:
         self.emit("refused", address=str(address), reason=reason)
         channel.close()
 
-    def _refuse_latecomers(
-        self, listener: socket.socket, closing: threading.Event
-    ) -> None:
+    def _watch_port(self, listener: socket.socket, closing: threading.Event) -> None:
         listener.settimeout(0.5)
         while not closing.is_set():
             try:
@@ -312,8 +317,13 @@ class BaseStation:
             except OSError:
                 return
             admitted = self._admit(sock, address)
-            if admitted is not None:
-                channel, _ = admitted
+            if admitted is None:
+                continue
+            channel, hello = admitted
+            device = self._devices.get(channel.node)
+            if device is not None and hello.header.get("resume") is True:
+                self._reattach(device, channel)
+            else:
                 self._refuse(
                     channel, address, f"{channel.node} connected after the start"
                 )
@@ -470,7 +480,10 @@ class BaseStation:
                 {"cut": plan.cuts[name], "start_at": self._start_at, "tasks": own},
             )
             reader = threading.Thread(
-                target=self._read, args=(device,), name=f"bs-read-{name}", daemon=True
+                target=self._read,
+                args=(device, device.channel),
+                name=f"bs-read-{name}",
+                daemon=True,
             )
             reader.start()
             readers.append(reader)
@@ -496,7 +509,18 @@ class BaseStation:
             while not self._settled():
                 now = time.time()
                 for device in self._devices.values():
-                    if device.failure is not None or device.sent_all:
+                    if device.failure is not None:
+                        continue
+                    away_at = device.disconnected_at
+                    if away_at is not None and now - away_at > RECONNECT_GRACE_S:
+                        device.failure = (
+                            f"disconnected after {device.recorded} of "
+                            f"{device.expected} tasks"
+                        )
+                        self.emit("device_failed", node=device.name,
+                                  reason=device.failure)  # fmt: skip
+                        continue
+                    if device.sent_all or away_at is not None:
                         continue
                     if now > deadline or now - device.last_heard_at > silence_s:
                         device.failure = (
@@ -545,36 +569,72 @@ class BaseStation:
                 return
         self.emit("device_failed", node=device.name, reason=device.failure)
 
-    def _read(self, device: _Device) -> None:
+    def _read(self, device: _Device, channel: Channel) -> None:
         while True:
             try:
-                message = device.channel.recv(timeout_s=None)
-            except ConnectionClosed:
-                if not self._stopping:
-                    self._fail(device, "disconnected")
-                return
+                message = channel.recv(timeout_s=None)
             except (ProtocolError, OSError, TimeoutError) as error:
-                if not self._stopping:
-                    self._fail(device, f"connection error ({error})")
+                self._lost(device, channel, error)
                 return
             try:
-                self._handle(device, message)
+                self._handle(device, channel, message)
             except (ProtocolError, KeyError, TypeError, ValueError) as error:
                 self._fail(device, f"sent a malformed {message.kind.name} ({error})")
-                device.channel.close()
+                channel.close()
                 return
 
-    def _handle(self, device: _Device, message: Message) -> None:
+    def _lost(self, device: _Device, channel: Channel, error: Exception) -> None:
+        """A device's connection dropped: give it time to reconnect."""
+        with self._lock:
+            if self._stopping or device.channel is not channel or device.failure:
+                return
+            device.disconnected_at = time.time()
+        self.emit("disconnected", node=device.name, reason=str(error))
+
+    def _reattach(self, device: _Device, channel: Channel) -> None:
+        """Continue a device's run on its new connection."""
+        with self._lock:
+            if self._stopping or device.failure is not None:
+                refused = True
+            else:
+                refused = False
+                old, device.channel = device.channel, channel
+                device.disconnected_at = None
+        if refused:
+            self._refuse(channel, channel.node, "the run is over for it")
+            return
+        old.close()
+        threading.Thread(
+            target=self._read,
+            args=(device, channel),
+            name=f"bs-read-{device.name}",
+            daemon=True,
+        ).start()
+        self.emit("reconnected", node=device.name)
+
+    def _handle(self, device: _Device, channel: Channel, message: Message) -> None:
         received_at = time.time()
         device.last_heard_at = received_at
         if message.kind == MessageKind.DONE:
             with self._lock:
                 device.sent_all = True
                 self._lock.notify_all()
+            channel.send(MessageKind.ACK, {"key": DONE_KEY})
             return
         if message.kind not in (MessageKind.TENSOR, MessageKind.RESULT):
             raise ProtocolError(f"unexpected {message.kind.name}")
 
+        # A device resends what was not acknowledged before a dropped
+        # connection; a copy of a task the station has is only acknowledged.
+        task_id = int(message.header["task_id"])
+        if task_id not in device.seen:
+            self._accept_task(device, message, received_at)
+            device.seen.add(task_id)
+        channel.send(MessageKind.ACK, {"key": task_id})
+
+    def _accept_task(
+        self, device: _Device, message: Message, received_at: float
+    ) -> None:
         header = message.header
         task = self._tasks[int(header["task_id"])]
         assert self._plan is not None and self.model is not None

@@ -150,6 +150,14 @@ class LocalTestbed:
             raise TestbedError(f"no device {name!r} in this testbed") from None
         device.process.kill()
 
+    def cut_link(self, name: str) -> None:
+        """Drop one device's connection at once (a cut link); it reconnects."""
+        try:
+            device = self.devices[name]
+        except KeyError:
+            raise TestbedError(f"no device {name!r} in this testbed") from None
+        device.process.send_signal(signal.SIGUSR1)
+
     def station_exit_code(self) -> int | None:
         """Wait for the station to exit and return its exit code."""
         if self.station is None:

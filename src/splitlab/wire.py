@@ -127,6 +127,7 @@ class MessageKind(enum.IntEnum):
     CHALLENGE = 14
     AUTH = 15
     AUTH_OK = 16
+    ACK = 17
 
 
 # Named as the runtime knows it, hence without an "Error" suffix.
