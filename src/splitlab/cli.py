@@ -542,5 +542,253 @@ def schedulers() -> None:
         console.print(f"{name:8} {doc[0] if doc else ''}")
 
 
+# Results: reports, sweeps, comparisons, exports, reruns ----------------------
+
+
+def _existing_store(workspace: Path | None) -> Path:
+    path = (workspace or default_workspace()) / "results.sqlite"
+    if not path.exists():
+        raise SplitlabError(f"no results store at {path}")
+    return path
+
+
+def _write_html(text: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out}")
+
+
+@main.command()
+@click.argument("run_id", type=int, required=False)
+@click.option("--sweep", "sweep_name", default=None, help="Report a sweep instead.")
+@click.option(
+    "--x", "x_field", default=None, help="The swept field on the x axis (--sweep)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The HTML file (default: WORKSPACE/reports/run-N.html or sweep-NAME.html).",
+)
+@_workspace_option
+def report(
+    *,
+    run_id: int | None,
+    sweep_name: str | None,
+    x_field: str | None,
+    out: Path | None,
+    workspace: Path | None,
+) -> None:
+    """Write a self-contained HTML report of RUN_ID (the latest run when omitted)
+    or, with --sweep, of a sweep's cells."""
+    from splitlab.errors import ConfigError
+    from splitlab.report import compare, comparison_html, run_report_html
+    from splitlab.sweep import SweepLog, latest_completed
+
+    path = _existing_store(workspace)
+    reports = path.parent / "reports"
+    with ResultStore(path) as store:
+        if sweep_name is not None:
+            with SweepLog(path) as log:
+                runs = latest_completed(log.runs(sweep_name))
+                known = log.sweeps()
+            if not runs:
+                raise ConfigError(
+                    f"sweep {sweep_name!r} has no completed run in {path} "
+                    f"(sweeps: {', '.join(known) or 'none'})"
+                )
+            comparison = compare(
+                store,
+                {run.run_id: run.params for run in runs},
+                title=f"sweep {sweep_name}",
+                x=x_field,
+            )
+            _print_comparison(comparison)
+            _write_html(
+                comparison_html(comparison), out or reports / f"sweep-{sweep_name}.html"
+            )
+            return
+        chosen = run_id if run_id is not None else store.latest_run_id()
+        if chosen is None:
+            raise SplitlabError(f"{path} holds no runs")
+        _print_summary(summarise(store, chosen))
+        _write_html(
+            run_report_html(store, chosen), out or reports / f"run-{chosen}.html"
+        )
+
+
+def _print_comparison(comparison: Any) -> None:
+    from splitlab.report import comparison_rows
+
+    table = Table(
+        title=f"{comparison.title}: delay against {comparison.x_name or '-'}, one "
+        f"line per {comparison.line_name}; 95% CI over "
+        f"{comparison.replicate_name or 'repeats'} (ms)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("line", comparison.x_name or "-", "metric", "value", "CI low",
+                   "CI high", "runs", "run ids"):  # fmt: skip
+        table.add_column(header, justify="left" if header == "line" else "right")
+    for row in comparison_rows(comparison):
+        table.add_row(*row)
+    console.print(table)
+
+
+@main.command()
+@click.argument("run_ids", type=int, nargs=-1, required=True)
+@click.option("--x", "x_field", default=None, help="The field on the x axis.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write an HTML report with the figures to this file.",
+)
+@_workspace_option
+def compare(
+    *,
+    run_ids: tuple[int, ...],
+    x_field: str | None,
+    out: Path | None,
+    workspace: Path | None,
+) -> None:
+    """Compare RUN_IDS by the scenario fields in which they differ."""
+    from splitlab.report import compare_runs, comparison_html
+
+    with ResultStore(_existing_store(workspace)) as store:
+        comparison = compare_runs(store, list(run_ids), x=x_field)
+    _print_comparison(comparison)
+    if out is not None:
+        _write_html(comparison_html(comparison), out)
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@_workspace_option
+def sweep(sweep_file: Path, workspace: Path | None) -> None:
+    """Run every cell of SWEEP_FILE that has no completed run yet.
+
+    Interrupted (Ctrl-C), the same command resumes where it stopped.
+    """
+    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+    from splitlab.sweep import SweepEvent, load_sweep, run_sweep
+
+    spec = load_sweep(sweep_file)
+    folder = workspace or default_workspace()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    bar: list[Any] = []
+    counts = {"done": 0, "total": 0}
+
+    def on_event(event: SweepEvent) -> None:
+        if event.kind == "planned":
+            counts["done"], counts["total"] = event.done, event.done + event.to_run
+            progress.console.print(
+                f"sweep {spec.name}: {counts['total']} cells, {event.done} already "
+                f"done, {event.to_run} to run"
+            )
+            bar.append(progress.add_task(spec.name, total=event.to_run))
+        elif event.kind == "started" and event.cell is not None:
+            progress.update(bar[0], description=event.cell.label)
+        elif event.kind == "finished" and event.cell is not None:
+            counts["done"] += 1
+            with ResultStore(folder / "results.sqlite") as store:
+                overall = summarise(store, int(event.run_id or 0)).rows[-1]
+            progress.console.print(
+                f"cell {event.cell.index + 1}/{counts['total']} ({event.cell.label}): "
+                f"run {event.run_id} {event.status}, mean {_ms(overall.mean_s)} ms, "
+                f"p95 {_ms(overall.p95_s)} ms",
+                highlight=False,
+            )
+            progress.advance(bar[0])
+
+    try:
+        with progress:
+            result = run_sweep(spec, workspace=folder, on_event=on_event)
+    except KeyboardInterrupt:
+        errors.print(
+            f"[bold red]interrupted:[/] {counts['done']} of {counts['total']} cells "
+            "done; run the same command again to run the rest",
+            highlight=False,
+        )
+        sys.exit(130)
+    console.print(
+        f"sweep {spec.name}: {len(result.cells)} cells, {result.skipped} were done "
+        f"before, {len(result.incomplete)} incomplete; "
+        f"report: splitlab report --sweep {spec.name}"
+    )
+    if result.incomplete:
+        sys.exit(5)
+
+
+@main.command()
+@click.argument("run_ids", type=int, nargs=-1)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet"]),
+    default="csv",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The folder to write one file per table to.",
+)
+@_workspace_option
+def export(
+    *, run_ids: tuple[int, ...], fmt: Any, out: Path, workspace: Path | None
+) -> None:
+    """Write RUN_IDS (every run when omitted) as tables: runs, nodes,
+    stage_profiles, cuts, predictions, tasks, slices."""
+    from splitlab.export import export_runs
+
+    with ResultStore(_existing_store(workspace)) as store:
+        chosen = list(run_ids) or [record.run_id for record in store.runs()]
+        written = export_runs(store, chosen, out, fmt=fmt)
+    console.print(f"wrote {len(written)} files for {len(chosen)} runs to {out}")
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@_workspace_option
+def rerun(run_id: int, workspace: Path | None) -> None:
+    """Run RUN_ID's stored scenario again with its seed, and compare."""
+    from splitlab.experiment import environment
+    from splitlab.sweep import environment_changes
+    from splitlab.sweep import rerun as rerun_run
+
+    path = _existing_store(workspace)
+    with ResultStore(path) as store:
+        before = store.run(run_id)
+    for key, (old, new) in environment_changes(
+        before.environment, environment()
+    ).items():
+        console.print(f"[yellow]note:[/] {key} was {old}, is now {new}")
+    console.print(f"running run {run_id}'s scenario {before.name} (seed {before.seed})")
+    new_id = rerun_run(path.parent, run_id)
+    with ResultStore(path) as store:
+        old_row = summarise(store, run_id).rows[-1]
+        summary = summarise(store, new_id)
+    _print_summary(summary)
+    new_row = summary.rows[-1]
+    console.print(
+        f"run {new_id} repeats run {run_id}: mean {_ms(new_row.mean_s)} ms "
+        f"(was {_ms(old_row.mean_s)}), p95 {_ms(new_row.p95_s)} ms "
+        f"(was {_ms(old_row.p95_s)})"
+    )
+    if summary.run.status != "completed":
+        sys.exit(5)
+
+
 if __name__ == "__main__":
     main()
