@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,11 @@ from splitlab.plan import (
     ALGORITHMS,
     PlanningProblem,
     list_algorithms,
+    load_algorithm,
     make_plan,
 )
 from splitlab.profile import NodeProfile, StageProfile
+from splitlab.scenario import load_scenario
 from splitlab.workload import TaskSpec, generate_tasks
 
 
@@ -193,13 +196,151 @@ def test_user_algorithm_is_accepted_and_simulated() -> None:
 
 
 def test_registry() -> None:
-    assert list_algorithms() == ("greedy", "local-only", "neurosurgeon", "offload-all")
+    assert list_algorithms() == (
+        "annealing",
+        "exact",
+        "genetic",
+        "greedy",
+        "local-only",
+        "neurosurgeon",
+        "offload-all",
+        "trend",
+    )
     assert all(ALGORITHMS[name].name == name for name in list_algorithms())
     with pytest.raises(
         ConfigError,
-        match=r"unknown algorithm 'exact'; known: greedy, local-only, neurosurgeon",
+        match=r"unknown algorithm 'best'; known: annealing, exact, genetic, greedy",
     ):
-        make_plan("exact", problem())
+        make_plan("best", problem())
+
+
+def test_plan_reports_every_objective() -> None:
+    # offload-all: delays 3 and 5; total 8, max 5, mean 4, variance 1.
+    plan = make_plan("offload-all", problem())
+    assert plan.total_delay_s == 8.0
+    assert plan.max_delay_s == 5.0
+    assert plan.delay_variance_s2 == 1.0
+    assert plan.objective_value("variance") == 1.0
+    assert plan.objective_value("total") == 8.0
+
+
+def test_greedy_follows_the_objective() -> None:
+    # Variance, from (1, 1) (delays 3, 4: variance 0.25): a=2 gives delays
+    # 3.5, 3 (0.0625); a=0 3, 4; b=2 3, 4; b=0 4, 3 -> a=2.  From (2, 1):
+    # b=0 (3.5, 3) and b=2 (3.5, 4) tie at 0.0625 -> stop.
+    fair = replace(problem(), objective="variance")
+    plan = make_plan("greedy", fair)
+    assert dict(plan.cuts) == {"a": 2, "b": 1}
+    assert plan.delay_variance_s2 == 0.0625
+
+
+def test_unknown_objective_is_refused() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown objective 'mean'; known: total, variance, max"
+    ):
+        replace(problem(), objective="mean")  # type: ignore[arg-type]
+
+
+EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "my_algorithm.py"
+
+
+@pytest.mark.parametrize("attribute", ["slowest_offload", "SlowestOffload"])
+def test_example_user_algorithm_runs_through_make_plan(attribute: str) -> None:
+    # a's whole model takes 3.5 s, b's 4 s: b is the slower half and offloads,
+    # a keeps its largest allowed cut, 2.  a local 3.5; b at the BS 1 -> 3.
+    reference = f"{EXAMPLE}:{attribute}"
+    plan = make_plan(reference, problem())
+    assert plan.algorithm == reference
+    assert dict(plan.cuts) == {"a": 2, "b": 0}
+    assert [p.delay_s for p in plan.predictions] == [3.5, 3.0]
+    assert load_algorithm(reference).name == reference
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_user_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.py"
+    with pytest.raises(ConfigError, match=rf"algorithm file {missing} does not exist"):
+        load_algorithm(f"{missing}:plan")
+
+    broken = write(tmp_path / "broken.py", "import no_such_module_here\n")
+    with pytest.raises(
+        ConfigError,
+        match=(
+            rf"algorithm file {broken} raised ModuleNotFoundError while importing: "
+            r"No module named 'no_such_module_here'"
+        ),
+    ):
+        load_algorithm(f"{broken}:plan")
+
+    plain = write(
+        tmp_path / "plain.py",
+        "LIMIT = 3\n"
+        "def crash(problem):\n    raise RuntimeError('out of ideas')\n"
+        "def words(problem):\n    return ['a', 'b']\n"
+        "def half(problem):\n    return {'a': 1, 'b': 0.5}\n",
+    )
+    with pytest.raises(ConfigError, match=rf"algorithm file {plain} has no attribute"):
+        load_algorithm(f"{plain}:missing")
+    with pytest.raises(ConfigError, match=r"plain.py:LIMIT' is a int, not callable"):
+        load_algorithm(f"{plain}:LIMIT")
+    with pytest.raises(
+        ConfigError, match=r"plain.py:crash' raised RuntimeError: out of ideas"
+    ):
+        make_plan(f"{plain}:crash", problem())
+    with pytest.raises(ConfigError, match=r"plain.py:words' returned list, not a"):
+        make_plan(f"{plain}:words", problem())
+    # The output is checked as every algorithm's is.
+    with pytest.raises(ConfigError, match=r"gave device 'b' cut 0\.5, which is not"):
+        make_plan(f"{plain}:half", problem())
+
+
+def test_entry_point_algorithms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A distribution on sys.path that declares two entry points.
+    write(
+        tmp_path / "toy_cuts.py", "def offload(problem):\n    return {'a': 0, 'b': 0}\n"
+    )
+    info = tmp_path / "toy_cuts-1.0.dist-info"
+    info.mkdir()
+    write(info / "METADATA", "Metadata-Version: 2.1\nName: toy-cuts\nVersion: 1.0\n")
+    write(
+        info / "entry_points.txt",
+        "[splitlab.algorithms]\n"
+        "offload = toy_cuts:offload\n"
+        "ghost = toy_cuts_missing:offload\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    plan = make_plan("entrypoint:offload", problem())
+    assert plan.algorithm == "entrypoint:offload"
+    assert dict(plan.cuts) == {"a": 0, "b": 0}
+    with pytest.raises(
+        ConfigError,
+        match=r"no entry point 'nothing' in group splitlab.algorithms; installed: ",
+    ):
+        load_algorithm("entrypoint:nothing")
+    with pytest.raises(
+        ConfigError,
+        match=r"entry point 'ghost' \(toy_cuts_missing:offload\) raised "
+        r"ModuleNotFoundError while loading",
+    ):
+        load_algorithm("entrypoint:ghost")
+
+
+def test_scenario_accepts_a_user_algorithm_reference() -> None:
+    scenario = load_scenario("default").with_overrides(
+        algorithm="docs/examples/my_algorithm.py:slowest_offload"
+    )
+    assert scenario.algorithm == "docs/examples/my_algorithm.py:slowest_offload"
+    with pytest.raises(
+        ConfigError, match=r"unknown algorithm 'best'; known: annealing"
+    ):
+        load_scenario("default").with_overrides(algorithm="best")
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 """Partitioning algorithms: choose every device's cut, and predict what it costs.
 
 Planning is pure.  A :class:`PlanningProblem` holds the profiles, links,
-workload, BS scheduler and memory limits; an algorithm maps it to a cut per
-device; :func:`make_plan` checks that scheme and fills in the predicted
-timeline of every task with :func:`splitlab.simulate.simulate`.
+workload, BS scheduler, memory limits and the objective; an algorithm maps it
+to a cut per device; :func:`make_plan` checks that scheme and fills in the
+predicted timeline of every task with :func:`splitlab.simulate.simulate`.
 
 Algorithms
 ----------
@@ -16,10 +16,17 @@ Algorithms
     and an idle link: ``head_s(k) + latency + s(k) * 8 / R + bs.tail_s(k)``
     (``head_s(L)`` for ``k = L``, which never uses the link).  It ignores
     the other devices, hence contention at the BS and queueing.
-``greedy``
-    Contention-aware local search: from the ``neurosurgeon`` cuts, apply the
-    single change of one device's cut that lowers the simulated total delay
-    the most, until no change lowers it.
+``greedy``, ``trend``, ``annealing``, ``genetic``, ``exact``
+    Contention-aware: they simulate the BS and minimise the problem's
+    objective (total delay, delay variance or maximum delay).  They live in
+    :mod:`splitlab.search`.
+
+A user algorithm is a Python file or an entry point, named by a reference
+that :func:`load_algorithm` resolves (``path/to/file.py:name`` or
+``entrypoint:NAME``); :func:`make_plan` accepts such a reference wherever it
+accepts a registry name.  The file is ordinary Python run with the rights of
+the process that plans (the base station): it is trusted code that the user
+chose, and must never come from a peer.
 
 Every algorithm only proposes cuts the device can hold: ``k = 0``, or a ``k``
 whose head weights fit in the device's memory.  Delays within
@@ -29,10 +36,16 @@ decides a tie; ties go to the larger cut, then to the device first by name.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import importlib.util
+import inspect
 import logging
 import operator
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol, SupportsIndex
 
@@ -40,27 +53,49 @@ from splitlab.errors import ConfigError
 from splitlab.link import LinkSpec
 from splitlab.profile import NodeProfile
 from splitlab.schedule import make_scheduler
+from splitlab.search import (
+    EQUAL_S,
+    OBJECTIVES,
+    AnnealingAlgorithm,
+    ExactAlgorithm,
+    GeneticAlgorithm,
+    GreedyAlgorithm,
+    Objective,
+    TrendAlgorithm,
+    contention_free_cuts,
+    objective_value,
+)
 from splitlab.simulate import TaskPrediction, simulate
 from splitlab.workload import TaskSpec
 
 __all__ = [
     "ALGORITHMS",
+    "ENTRY_POINT_GROUP",
     "EQUAL_S",
+    "OBJECTIVES",
     "Algorithm",
+    "AnnealingAlgorithm",
+    "ExactAlgorithm",
+    "GeneticAlgorithm",
     "GreedyAlgorithm",
     "LocalOnlyAlgorithm",
     "NeurosurgeonAlgorithm",
+    "Objective",
     "OffloadAllAlgorithm",
     "Plan",
     "PlanningProblem",
+    "TrendAlgorithm",
+    "is_algorithm_reference",
     "list_algorithms",
+    "load_algorithm",
     "make_plan",
+    "objective_value",
 ]
 
 logger = logging.getLogger(__name__)
 
-EQUAL_S = 1e-9
-"""Delays closer than this many seconds are treated as equal."""
+ENTRY_POINT_GROUP = "splitlab.algorithms"
+"""The entry-point group that ``entrypoint:NAME`` references look in."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +123,13 @@ class PlanningProblem:
     device_memory_bytes:
         Memory each device can give to the weights of its head; a cut
         ``k > 0`` is allowed only if ``head_param_bytes(k)`` fits.
+    objective:
+        What the contention-aware algorithms minimise over the task delays:
+        ``total`` (the sum, i.e. the mean times the task count), ``variance``
+        (across tasks, for fairness) or ``max``.  See
+        :func:`splitlab.search.objective_value`.
+    seed:
+        Seeds the randomised algorithms (``annealing``, ``genetic``).
 
     Raises
     ------
@@ -95,7 +137,7 @@ class PlanningProblem:
         If there are no tasks, a task's device has no profile, a device has
         no link or memory figure, a profile's stage count differs from the
         BS's, a link's rate is not positive, a memory figure is negative,
-        ``workers`` is below one or the scheduler is unknown.
+        ``workers`` is below one, or the scheduler or objective is unknown.
     """
 
     device_profiles: Mapping[str, NodeProfile]
@@ -105,6 +147,8 @@ class PlanningProblem:
     scheduler: str
     workers: int
     device_memory_bytes: Mapping[str, int]
+    objective: Objective = "total"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         """Freeze the mappings and check that the problem is consistent."""
@@ -114,6 +158,10 @@ class PlanningProblem:
         object.__setattr__(self, "tasks", tuple(self.tasks))
 
         make_scheduler(self.scheduler)
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}"
+            )
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if not self.tasks:
@@ -223,6 +271,15 @@ class Plan:
         return max((prediction.delay_s for prediction in self.predictions), default=0.0)
 
     @property
+    def delay_variance_s2(self) -> float:
+        """Population variance of the task delays, in s^2 (0 without tasks)."""
+        return self.objective_value("variance")
+
+    def objective_value(self, objective: Objective) -> float:
+        """The plan's figure for ``objective`` (see :func:`objective_value`)."""
+        return objective_value([p.delay_s for p in self.predictions], objective)
+
+    @property
     def mean_delay_by_device_s(self) -> Mapping[str, float]:
         """Mean delay of each device's tasks, in seconds, by device name.
 
@@ -252,10 +309,6 @@ class Algorithm(Protocol):
         ...
 
 
-def _total_delay_s(predictions: tuple[TaskPrediction, ...]) -> float:
-    return sum(prediction.delay_s for prediction in predictions)
-
-
 class LocalOnlyAlgorithm:
     """Every device runs the whole model: ``k = L``."""
 
@@ -282,67 +335,11 @@ class NeurosurgeonAlgorithm:
     name = "neurosurgeon"
 
     def __call__(self, problem: PlanningProblem) -> dict[str, int]:
-        """Give each device the allowed cut with the least idle-system delay."""
-        cuts: dict[str, int] = {}
-        for device in problem.devices:
-            profile = problem.device_profiles[device]
-            link = problem.links[device]
-            best_cut, best_s = -1, float("inf")
-            # From the largest cut down, so a tie keeps the larger cut.
-            for cut in reversed(problem.allowed_cuts(device)):
-                delay_s = profile.head_s(cut)
-                if cut < problem.num_stages:
-                    delay_s += link.transfer_s(profile.cut_bytes(cut))
-                    delay_s += problem.bs_profile.tail_s(cut)
-                if delay_s < best_s - EQUAL_S:
-                    best_cut, best_s = cut, delay_s
-            cuts[device] = best_cut
-        return cuts
+        """Give each device the allowed cut with the least idle-system delay.
 
-
-class GreedyAlgorithm:
-    """Contention-aware local search over single-device cut changes."""
-
-    name = "greedy"
-
-    def __call__(self, problem: PlanningProblem) -> dict[str, int]:
-        """Improve the neurosurgeon cuts one device at a time.
-
-        Every round simulates each allowed change of one device's cut and
-        applies the one that lowers the total delay the most; the search
-        stops when no change lowers it by more than :data:`EQUAL_S`.  The
-        total strictly decreases, so no scheme is visited twice and the
-        search ends.  A round costs one simulation of the whole workload per
-        allowed cut of every device with tasks, about ``N * L``.
+        See :func:`splitlab.search.contention_free_cuts`.
         """
-        cuts = NeurosurgeonAlgorithm()(problem)
-        total_s = _total_delay_s(problem.predict(cuts))
-        # Cuts of a device without tasks change no delay.
-        busy = sorted({task.device for task in problem.tasks})
-
-        while True:
-            best_move: tuple[str, int] | None = None
-            best_total_s = total_s
-            for device in busy:
-                for cut in reversed(problem.allowed_cuts(device)):
-                    if cut == cuts[device]:
-                        continue
-                    trial_s = _total_delay_s(problem.predict({**cuts, device: cut}))
-                    if trial_s < best_total_s - EQUAL_S:
-                        best_move, best_total_s = (device, cut), trial_s
-            if best_move is None:
-                return cuts
-            device, cut = best_move
-            logger.debug(
-                "greedy: device %s cut %d -> %d, total delay %.6f s -> %.6f s",
-                device,
-                cuts[device],
-                cut,
-                total_s,
-                best_total_s,
-            )
-            cuts[device] = cut
-            total_s = best_total_s
+        return contention_free_cuts(problem)
 
 
 ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType(
@@ -353,6 +350,10 @@ ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType(
             OffloadAllAlgorithm(),
             NeurosurgeonAlgorithm(),
             GreedyAlgorithm(),
+            TrendAlgorithm(),
+            AnnealingAlgorithm(),
+            GeneticAlgorithm(),
+            ExactAlgorithm(),
         )
     }
 )
@@ -364,14 +365,171 @@ def list_algorithms() -> tuple[str, ...]:
     return tuple(sorted(ALGORITHMS))
 
 
+def is_algorithm_reference(text: str) -> bool:
+    """Whether ``text`` names a user algorithm rather than a registry entry.
+
+    A reference holds a colon: ``path/to/file.py:name`` or
+    ``entrypoint:NAME``.  Only its form is checked; the file or entry point
+    is looked up by :func:`load_algorithm`.
+    """
+    head, _, tail = text.rpartition(":")
+    return bool(head) and bool(tail)
+
+
+class _UserAlgorithm:
+    """A user's callable behind the :class:`Algorithm` interface.
+
+    Its name is the reference it was loaded from, so a plan records where its
+    cuts came from.  An exception from the user's code becomes a
+    :class:`ConfigError` that names the reference.
+    """
+
+    def __init__(self, name: str, function: object) -> None:
+        self.name = name
+        self._function = function
+
+    def __call__(self, problem: PlanningProblem) -> dict[str, int]:
+        """Run the user's code and return its cuts, unchecked."""
+        assert callable(self._function)
+        try:
+            cuts = self._function(problem)
+        except Exception as error:
+            raise ConfigError(
+                f"algorithm {self.name!r} raised {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(cuts, Mapping):
+            raise ConfigError(
+                f"algorithm {self.name!r} returned {type(cuts).__name__}, "
+                "not a mapping from device name to cut"
+            )
+        return dict(cuts)
+
+
+def load_algorithm(reference: str) -> Algorithm:
+    """Find the algorithm a registry name or a user reference names.
+
+    Parameters
+    ----------
+    reference:
+        A name from :data:`ALGORITHMS`; ``path/to/file.py:name``, where
+        ``name`` is a class (built with no arguments) whose instances take
+        the problem, or a function taking the problem, returning a mapping
+        from device name to cut; or ``entrypoint:NAME``, an entry point of
+        that name in the :data:`ENTRY_POINT_GROUP` group, loading to such a
+        class or function.
+
+    Returns
+    -------
+    Algorithm
+        The registry's instance, or the user's callable wrapped so that its
+        name is ``reference``.
+
+    Raises
+    ------
+    ConfigError
+        If the name is unknown, the file or entry point does not exist,
+        importing it raises (the message names the file and the exception),
+        the attribute is missing, or it is not callable.
+
+    Notes
+    -----
+    A file reference is imported with :mod:`importlib` and runs as ordinary
+    Python with this process's rights: the file is trusted code the user
+    put on the planning machine.  Nothing received from a device or the
+    network is ever loaded here.
+    """
+    if reference in ALGORITHMS:
+        return ALGORITHMS[reference]
+    if not is_algorithm_reference(reference):
+        known = ", ".join(list_algorithms())
+        raise ConfigError(
+            f"unknown algorithm {reference!r}; known: {known}, or a reference "
+            "path/to/file.py:name or entrypoint:NAME"
+        )
+
+    source, _, attribute = reference.rpartition(":")
+    if source == "entrypoint":
+        target = _load_entry_point(attribute)
+    else:
+        target = getattr(_import_file(Path(source)), attribute, _MISSING)
+        if target is _MISSING:
+            raise ConfigError(f"algorithm file {source} has no attribute {attribute!r}")
+
+    if inspect.isclass(target):
+        try:
+            target = target()
+        except Exception as error:
+            raise ConfigError(
+                f"algorithm {reference!r}: building class {attribute} raised "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    if not callable(target):
+        raise ConfigError(
+            f"algorithm {reference!r} is a {type(target).__name__}, not callable; "
+            "give a function or a class taking the planning problem"
+        )
+    logger.info("loaded user algorithm %s", reference)
+    return _UserAlgorithm(reference, target)
+
+
+_MISSING = object()
+
+
+def _import_file(path: Path) -> object:
+    """Import the Python file at ``path`` as a fresh module."""
+    if not path.is_file():
+        raise ConfigError(f"algorithm file {path} does not exist or is not a file")
+    resolved = path.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    module_name = f"splitlab_user_algorithm_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"algorithm file {path} cannot be imported as Python")
+    module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as a normal import is, so that dataclasses
+    # and pickling inside the file can find their module.
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as error:
+        del sys.modules[module_name]
+        if not isinstance(error, Exception):
+            raise
+        raise ConfigError(
+            f"algorithm file {path} raised {type(error).__name__} while "
+            f"importing: {error}"
+        ) from error
+    return module
+
+
+def _load_entry_point(name: str) -> object:
+    """Load the entry point ``name`` of the :data:`ENTRY_POINT_GROUP` group."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    matches = [entry for entry in found if entry.name == name]
+    if not matches:
+        known = ", ".join(sorted(entry.name for entry in found)) or "none"
+        raise ConfigError(
+            f"no entry point {name!r} in group {ENTRY_POINT_GROUP}; installed: {known}"
+        )
+    entry = matches[0]
+    try:
+        return entry.load()
+    except Exception as error:
+        raise ConfigError(
+            f"entry point {name!r} ({entry.value}) raised {type(error).__name__} "
+            f"while loading: {error}"
+        ) from error
+
+
 def make_plan(algorithm: str | Algorithm, problem: PlanningProblem) -> Plan:
     """Run an algorithm, check its cuts, and predict every task's timeline.
 
     Parameters
     ----------
     algorithm:
-        A name from :data:`ALGORITHMS`, or any object following
-        :class:`Algorithm` (a user-supplied algorithm).
+        A name from :data:`ALGORITHMS`, a user reference that
+        :func:`load_algorithm` resolves, or any object following
+        :class:`Algorithm`.
     problem:
         The problem to plan.
 
@@ -383,19 +541,13 @@ def make_plan(algorithm: str | Algorithm, problem: PlanningProblem) -> Plan:
     Raises
     ------
     ConfigError
-        If the name is unknown, or the algorithm leaves a device without a
-        cut, names an unknown device, gives a cut that is not an integer in
-        ``0..L``, or a cut whose head weights do not fit in the device's
-        memory.
+        If the algorithm cannot be loaded or raises, or it leaves a device
+        without a cut, names an unknown device, gives a cut that is not an
+        integer in ``0..L``, or a cut whose head weights do not fit in the
+        device's memory.
     """
     if isinstance(algorithm, str):
-        try:
-            algorithm = ALGORITHMS[algorithm]
-        except KeyError:
-            known = ", ".join(list_algorithms())
-            raise ConfigError(
-                f"unknown algorithm {algorithm!r}; known: {known}"
-            ) from None
+        algorithm = load_algorithm(algorithm)
 
     cuts = _checked_cuts(algorithm.name, algorithm(problem), problem)
     logger.debug("algorithm %s chose cuts %s", algorithm.name, dict(cuts))

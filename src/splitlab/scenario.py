@@ -171,7 +171,7 @@ class Scenario(_Strict):
         # Imported here: the registries import torch and the planner, which a
         # scenario file check should not pay for unless it gets this far.
         from splitlab.models import MODELS
-        from splitlab.plan import ALGORITHMS
+        from splitlab.plan import ALGORITHMS, is_algorithm_reference
         from splitlab.schedule import SCHEDULERS
 
         for field, value, known in (
@@ -179,6 +179,10 @@ class Scenario(_Strict):
             ("algorithm", self.algorithm, ALGORITHMS),
             ("scheduler", self.scheduler, SCHEDULERS),
         ):
+            # A user algorithm (file.py:name, entrypoint:NAME) is loaded where
+            # the plan is made, on the BS, not where the scenario is read.
+            if field == "algorithm" and is_algorithm_reference(value):
+                continue
             if value not in known:
                 names = ", ".join(sorted(known))
                 raise ValueError(f"unknown {field} {value!r}; known: {names}")
