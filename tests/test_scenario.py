@@ -64,7 +64,8 @@ def test_link_spec_is_in_si_units() -> None:
         ),
         (
             lambda s: s["devices"][0]["link"].update(rate_mbps=0),
-            "s.yaml: devices[0].link.rate_mbps: Input should be greater than 0 (got 0)",
+            "s.yaml: devices[0].link.rate_mbps: Input should be greater than or equal "
+            "to 0.001 (got 0)",
         ),
         (
             lambda s: s.update(model="resnet9000"),
@@ -95,6 +96,35 @@ def test_link_spec_is_in_si_units() -> None:
             "workload.tasks_per_device: Input should be greater than or equal to 1",
         ),
         (lambda s: s.pop("devices"), "s.yaml: devices: Field required"),
+        (
+            lambda s: s.update(model="resnet9000"),
+            "s.yaml: model: unknown model 'resnet9000'",
+        ),
+        (
+            lambda s: s.update(scheduler="lifo"),
+            "s.yaml: scheduler: unknown scheduler 'lifo'",
+        ),
+        (
+            lambda s: s.update(workload={"tasks_per_device": True}),
+            "workload.tasks_per_device: Input should be a valid integer (got True)",
+        ),
+        (
+            lambda s: s["devices"][0]["link"].update(latency_ms=float("inf")),
+            "devices[0].link.latency_ms: Input should be a finite number",
+        ),
+        (
+            lambda s: s["devices"][0]["link"].update(latency_ms=1e12),
+            "devices[0].link.latency_ms: Input should be less than or equal to 60000",
+        ),
+        (lambda s: s.update(seed=-1), "seed: Input should be greater than or equal"),
+        (
+            lambda s: s["devices"][0].update(link={"latncy_ms": 5, "rate_mbps": 1}),
+            "devices[0].link.latncy_ms: unknown key (got 5) (and 1 more problem)",
+        ),
+        (
+            lambda s: s["devices"].append(dict(s["devices"][0])),
+            "devices: device name 'd1' is used twice (got [{",
+        ),
     ],
 )
 def test_mistakes_are_named(tmp_path: Path, change: object, message: str) -> None:

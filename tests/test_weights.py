@@ -30,6 +30,12 @@ def test_weights_are_trained_once_then_loaded_from_the_cache(tmp_path: Path) -> 
     assert second.path == first.path
     assert second.test_accuracy == pytest.approx(first.test_accuracy, abs=1e-6)
 
+    # A damaged cache file is trained anew rather than trusted.
+    first.path.write_bytes(first.path.read_bytes()[:1000])
+    third = ensure_weights("alexnet-small", **options)  # type: ignore[arg-type]
+    assert third.trained_now
+    assert third.test_accuracy == pytest.approx(first.test_accuracy, abs=1e-6)
+
     # The cached file reproduces the accuracy it was stored with.
     model = load_trained("alexnet-small", second.path, classes=10)
     held_out = load_held_out("mnist", data_dir=None, test_fraction=0.2, seed=5)

@@ -13,6 +13,7 @@ import logging
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from splitlab.data import load_held_out
-from splitlab.errors import SplitlabError
+from splitlab.errors import ConfigError, SplitlabError
 from splitlab.experiment import (
     default_workspace,
     mark_abandoned,
@@ -107,7 +108,12 @@ _workspace_option = click.option(
 
 @main.command()
 @click.argument("scenario", required=False)
-@click.option("--algorithm", type=click.Choice(sorted(ALGORITHMS)), default=None)
+@click.option(
+    "--algorithm",
+    default=None,
+    help="A registered algorithm (see 'splitlab algorithms'), FILE.py:NAME for "
+    "your own, or entrypoint:NAME.",
+)
 @click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None)
 @click.option(
     "--tasks", type=click.IntRange(min=1), default=None, help="Tasks per device."
@@ -141,7 +147,7 @@ def run(
         scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
     )
     console.print(
-        f"[bold]{loaded.name}[/]: {len(loaded.devices)} devices, model "
+        f"[bold]{loaded.name}[/]: {_count(len(loaded.devices), 'device')}, model "
         f"{loaded.model}, algorithm {loaded.algorithm}, scheduler {loaded.scheduler}"
     )
     progress = Progress(
@@ -201,6 +207,15 @@ def run(
     if outcome.status != "completed":
         errors.print(f"[bold red]run incomplete:[/] {outcome.reason}", highlight=False)
         sys.exit(5)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _plain(docstring_line: str) -> str:
+    """A docstring's first line without its reStructuredText literals."""
+    return docstring_line.replace("``", "")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -266,9 +281,16 @@ def _print_summary(summary: RunSummary) -> None:
         )
     console.print(table)
     accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    tasks = summary.rows[-1].tasks
+    if summary.verified == tasks:
+        checked = (
+            f"split output equals the unsplit model for {summary.matched} of "
+            f"{summary.verified} tasks"
+        )
+    else:
+        checked = f"{tasks - summary.verified} of {tasks} tasks not verified"
     console.print(
-        f"split output equals the unsplit model for {summary.matched} of "
-        f"{summary.verified} tasks; accuracy {accuracy}; CPU limits by "
+        f"{checked}; accuracy {accuracy}; CPU limits by "
         f"{', '.join(summary.limit_mechanisms) or '-'}"
     )
     if run.reason:
@@ -282,11 +304,11 @@ def summary(run_id: int | None, workspace: Path | None) -> None:
     """Print the summary of RUN_ID (the latest run when omitted)."""
     path = (workspace or default_workspace()) / "results.sqlite"
     if not path.exists():
-        raise SplitlabError(f"no results store at {path}")
+        raise ConfigError(f"no results store at {path}")
     with ResultStore(path) as store:
         chosen = run_id if run_id is not None else store.latest_run_id()
         if chosen is None:
-            raise SplitlabError(f"{path} holds no runs")
+            raise ConfigError(f"{path} holds no runs")
         _print_summary(summarise(store, chosen))
 
 
@@ -320,15 +342,20 @@ def runs(workspace: Path | None) -> None:
     """List the runs in the workspace's store."""
     path = (workspace or default_workspace()) / "results.sqlite"
     if not path.exists():
-        raise SplitlabError(f"no results store at {path}")
-    table = Table("run", "scenario", "algorithm", "scheduler", "status", "reason")
+        raise ConfigError(f"no results store at {path}")
+    table = Table("run", "started", "scenario", "algorithm", "scheduler", "tasks",
+                  "mean ms", "status", "reason", box=box.SIMPLE_HEAD)  # fmt: skip
     with ResultStore(path) as store:
         for record in store.runs():
+            delays = [task.delay_s for task in store.tasks(record.run_id)]
             table.add_row(
                 str(record.run_id),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started_at)),
                 record.name,
                 record.algorithm,
                 record.scheduler,
+                str(len(delays)),
+                _ms(sum(delays) / len(delays)) if delays else "-",
                 record.status,
                 record.reason or "",
             )
@@ -381,7 +408,12 @@ def _print_profile(result: NodeProfile) -> None:
 
 @main.command()
 @click.argument("scenario", required=False)
-@click.option("--algorithm", type=click.Choice(sorted(ALGORITHMS)), default=None)
+@click.option(
+    "--algorithm",
+    default=None,
+    help="A registered algorithm (see 'splitlab algorithms'), FILE.py:NAME for "
+    "your own, or entrypoint:NAME.",
+)
 @click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None)
 @click.option("--tasks", type=click.IntRange(min=1), default=None)
 @_workspace_option
@@ -531,7 +563,7 @@ def algorithms() -> None:
     """List the partitioning algorithms."""
     for name, algorithm in sorted(ALGORITHMS.items()):
         doc = (algorithm.__doc__ or "").strip().splitlines()
-        console.print(f"{name:14} {doc[0] if doc else ''}")
+        console.print(f"{name:14} {_plain(doc[0]) if doc else ''}", highlight=False)
 
 
 @main.command()
@@ -539,7 +571,7 @@ def schedulers() -> None:
     """List the base station schedulers."""
     for name, scheduler in sorted(SCHEDULERS.items()):
         doc = (scheduler.__doc__ or "").strip().splitlines()
-        console.print(f"{name:8} {doc[0] if doc else ''}")
+        console.print(f"{name:8} {_plain(doc[0]) if doc else ''}", highlight=False)
 
 
 # Results: reports, sweeps, comparisons, exports, reruns ----------------------
@@ -548,7 +580,7 @@ def schedulers() -> None:
 def _existing_store(workspace: Path | None) -> Path:
     path = (workspace or default_workspace()) / "results.sqlite"
     if not path.exists():
-        raise SplitlabError(f"no results store at {path}")
+        raise ConfigError(f"no results store at {path}")
     return path
 
 
@@ -610,7 +642,7 @@ def report(
             return
         chosen = run_id if run_id is not None else store.latest_run_id()
         if chosen is None:
-            raise SplitlabError(f"{path} holds no runs")
+            raise ConfigError(f"{path} holds no runs")
         _print_summary(summarise(store, chosen))
         _write_html(
             run_report_html(store, chosen), out or reports / f"run-{chosen}.html"

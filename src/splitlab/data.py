@@ -343,8 +343,10 @@ def load_cifar10(directory: Path, *, split: CifarSplit) -> Dataset:
     """
     if split not in ("train", "test"):
         raise ConfigError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
-    if not directory.is_dir():
+    if not directory.exists():
         raise ConfigError(f"CIFAR-10 directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ConfigError(f"CIFAR-10 directory {directory} is a file, not a directory")
     root, layout = _locate_cifar10(directory)
     batch_names = _CIFAR_TRAIN_BATCHES if split == "train" else _CIFAR_TEST_BATCHES
 

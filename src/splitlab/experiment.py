@@ -23,13 +23,15 @@ import numpy
 import torch
 
 import splitlab
+from splitlab.data import load_held_out
 from splitlab.errors import TestbedError
 from splitlab.limit import Mechanism
 from splitlab.results import NodeRecord, ResultStore
 from splitlab.scenario import Scenario
 from splitlab.station import StationConfig
 from splitlab.testbed import LocalTestbed
-from splitlab.weights import TrainedWeights, ensure_weights
+from splitlab.verification import verify_run
+from splitlab.weights import TrainedWeights, ensure_weights, load_trained
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +193,12 @@ def run_scenario(
         if store.run(run_id).status == "running":
             store.finish_run(run_id, "incomplete", reason or "the run was stopped")
         record = store.run(run_id)
+        # The station verifies at its end; if it died first, the tasks it
+        # recorded are verified here, so none is left unchecked.
+        if reason is not None and any(
+            task.matches_unsplit is None for task in store.tasks(run_id)
+        ):
+            _verify_here(store, run_id, scenario, weights)
         store.close()
     return RunOutcome(
         run_id=run_id,
@@ -200,6 +208,19 @@ def run_scenario(
         weights=weights,
         limit_mechanism=testbed.mechanism,
     )
+
+
+def _verify_here(
+    store: ResultStore, run_id: int, scenario: Scenario, weights: TrainedWeights
+) -> None:
+    data = load_held_out(
+        scenario.data.dataset,
+        data_dir=scenario.data.dir,
+        test_fraction=scenario.training.test_fraction,
+        seed=scenario.seed,
+    )
+    model = load_trained(scenario.model, weights.path, classes=len(data.classes))
+    verify_run(store, run_id, model=model, data=data)
 
 
 def mark_abandoned(store: ResultStore) -> list[int]:

@@ -10,6 +10,7 @@ the offending value.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -38,18 +39,25 @@ DEVICE_CLASSES: dict[str, tuple[float, int]] = {
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+# A minute of one-way latency and 1 kbit/s are the limits of what a run can
+# emulate in reasonable time; beyond them a value is almost surely a typo.
+LatencyMs = Annotated[float, Field(ge=0, le=60_000)]
+RateMbps = Annotated[float, Field(ge=0.001, le=1_000_000)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict numbers: ``true`` is not a count and ``.inf`` is not a latency.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, strict=False
+    )
 
 
 class LinkConfig(_Strict):
     """One device's link to the base station."""
 
-    latency_ms: NonNegativeFloat
-    rate_mbps: PositiveFloat
-    jitter_ms: NonNegativeFloat = 0.0
+    latency_ms: LatencyMs
+    rate_mbps: RateMbps
+    jitter_ms: LatencyMs = 0.0
 
     def spec(self) -> LinkSpec:
         """The link in SI units."""
@@ -66,7 +74,7 @@ class DeviceConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
     device_class: Literal["rpi4", "rpi3"] | None = Field(default=None, alias="class")
     cpu_share: Annotated[float, Field(gt=0, le=64)] | None = None
-    memory_mb: Annotated[int, Field(gt=0)] | None = None
+    memory_mb: Annotated[int, Field(gt=0, le=2**30, strict=True)] | None = None
     link: LinkConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -99,8 +107,8 @@ class BaseStationConfig(_Strict):
     """The base station: how many tasks it serves at once."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "bs"
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
-    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    workers: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
 
 
 class DataConfig(_Strict):
@@ -119,22 +127,22 @@ class DataConfig(_Strict):
 class WorkloadConfig(_Strict):
     """How many tasks each device generates, and when."""
 
-    tasks_per_device: Annotated[int, Field(ge=1, le=100_000)] = 20
-    period_ms: PositiveFloat = 250.0
+    tasks_per_device: Annotated[int, Field(ge=1, le=100_000, strict=True)] = 20
+    period_ms: Annotated[float, Field(gt=0, le=3_600_000)] = 250.0
     arrivals: Literal["periodic", "poisson"] = "periodic"
 
 
 class ProfilingConfig(_Strict):
     """How stages are timed."""
 
-    warmup: Annotated[int, Field(ge=0, le=1000)] = 5
-    repeats: Annotated[int, Field(ge=1, le=10_000)] = 20
+    warmup: Annotated[int, Field(ge=0, le=1000, strict=True)] = 5
+    repeats: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 20
 
 
 class TrainingConfig(_Strict):
     """How the bundled model's weights are trained when none are cached."""
 
-    epochs: Annotated[int, Field(ge=1, le=100)] = 2
+    epochs: Annotated[int, Field(ge=1, le=100, strict=True)] = 2
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
 
 
@@ -142,7 +150,7 @@ class Scenario(_Strict):
     """A whole experiment, validated."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-    seed: int = 1
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] = 1
     backend: Literal["local"] = "local"
     model: str = "alexnet"
     data: DataConfig = DataConfig()
@@ -166,26 +174,33 @@ class Scenario(_Strict):
             seen.add(device.name)
         return devices
 
-    @model_validator(mode="after")
-    def _known_names(self) -> Self:
-        # Imported here: the registries import torch and the planner, which a
-        # scenario file check should not pay for unless it gets this far.
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
         from splitlab.models import MODELS
+
+        return _known("model", value, MODELS)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
         from splitlab.plan import ALGORITHMS, is_algorithm_reference
+
+        # A user algorithm (file.py:name, entrypoint:NAME) is loaded where the
+        # plan is made, on the BS, not where the scenario is read.
+        if is_algorithm_reference(value):
+            return value
+        return _known("algorithm", value, ALGORITHMS)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
         from splitlab.schedule import SCHEDULERS
 
-        for field, value, known in (
-            ("model", self.model, MODELS),
-            ("algorithm", self.algorithm, ALGORITHMS),
-            ("scheduler", self.scheduler, SCHEDULERS),
-        ):
-            # A user algorithm (file.py:name, entrypoint:NAME) is loaded where
-            # the plan is made, on the BS, not where the scenario is read.
-            if field == "algorithm" and is_algorithm_reference(value):
-                continue
-            if value not in known:
-                names = ", ".join(sorted(known))
-                raise ValueError(f"unknown {field} {value!r}; known: {names}")
+        return _known("scheduler", value, SCHEDULERS)
+
+    @model_validator(mode="after")
+    def _distinct_base_station(self) -> Self:
         if self.base_station.name in {device.name for device in self.devices}:
             raise ValueError(
                 f"base station name {self.base_station.name!r} is also a device name"
@@ -218,8 +233,37 @@ class Scenario(_Strict):
         return parse_scenario(data, source="command line")
 
 
+def _known(field: str, value: str, known: Mapping[str, object]) -> str:
+    # Registries import torch and the planner: the validators import them
+    # lazily so that reading a scenario stays cheap until it gets this far.
+    if value not in known:
+        raise ValueError(
+            f"unknown {field} {value!r}; known: {', '.join(sorted(known))}"
+        )
+    return value
+
+
+# How much of a wrong value an error message shows.
+_SHOWN_CHARS = 60
+
+
 def _describe(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
+    # An unknown key explains the other problems it causes (a misspelt key is
+    # also a missing one), so it is named first.
+    errors = error.errors()
+    # A list that is too short only because one of its items failed says
+    # nothing the item's own error does not.
+    errors = [
+        e
+        for e in errors
+        if e["type"] != "too_short"
+        or not any(
+            other is not e and other["loc"][: len(e["loc"])] == e["loc"]
+            for other in errors
+        )
+    ]
+    problems = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
+    first = problems[0]
     location = ""
     for part in first["loc"]:
         location += f"[{part}]" if isinstance(part, int) else f".{part}"
@@ -228,9 +272,12 @@ def _describe(error: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     text = f"{source}: {location}: {message}"
-    if first["type"] not in {"missing"} and not location.startswith("(top"):
-        text += f" (got {first['input']!r})"
-    more = error.error_count() - 1
+    if first["type"] != "missing" and not location.startswith("(top"):
+        shown = repr(first["input"])
+        if len(shown) > _SHOWN_CHARS:
+            shown = shown[: _SHOWN_CHARS - 3] + "..."
+        text += f" (got {shown})"
+    more = len(problems) - 1
     if more:
         text += f" (and {more} more problem{'s' if more > 1 else ''})"
     return text
@@ -252,6 +299,14 @@ def parse_scenario(data: object, *, source: str) -> Scenario:
         raise ConfigError(_describe(error, source)) from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: what and where."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 def load_scenario(path: str | Path | None = None) -> Scenario:
     """Read and validate a scenario file; ``None`` is the bundled default.
 
@@ -267,11 +322,15 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
                 yaml.safe_load(bundled.read_text()), source=f"{path}.yaml"
             )
     try:
-        text = candidate.read_text()
+        text = candidate.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read scenario {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
     return parse_scenario(data, source=str(path))

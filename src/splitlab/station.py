@@ -47,6 +47,7 @@ from splitlab.results import (
 )
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.schedule import Job, Scheduler, make_scheduler
+from splitlab.verification import verify_run
 from splitlab.weights import load_trained
 from splitlab.wire import Channel, Message, MessageKind, decode_tensor
 from splitlab.workload import TaskSpec, generate_tasks
@@ -70,9 +71,6 @@ RECONNECT_GRACE_S = 12.0
 DONE_KEY = -1
 SILENCE_PERIODS = 10
 SILENCE_FACTOR = 3.0
-# Split and whole-model logits may differ by float rounding only.
-LOGIT_RTOL = 1e-4
-LOGIT_ATOL = 1e-5
 
 
 def connect_timeout_s() -> float:
@@ -796,30 +794,15 @@ class BaseStation:
     def _verify(self) -> None:
         assert self.model is not None and self.data is not None
         with self._store_lock:
-            tasks = self.store.tasks(self.config.run_id)
-        results = []
-        correct = 0
-        with torch.inference_mode():
-            for task in tasks:
-                sample = torch.tensor(self.data.images[task.sample][None])
-                whole = self.model(sample).numpy().reshape(-1)
-                split = np.frombuffer(task.logits, dtype=np.float32)
-                difference = float(np.max(np.abs(whole - split)))
-                same = bool(
-                    np.allclose(split, whole, rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
-                    and int(np.argmax(whole)) == task.prediction
-                )
-                results.append((task.task_id, same, difference))
-                correct += int(task.prediction == task.label)
-        with self._store_lock:
-            self.store.record_verification(self.config.run_id, results)
-        matched = sum(1 for _, same, _ in results if same)
+            outcome = verify_run(
+                self.store, self.config.run_id, model=self.model, data=self.data
+            )
         self.emit(
             "verified",
-            matched=matched,
-            total=len(results),
-            accuracy=correct / len(results) if results else None,
-            max_abs_diff=max((diff for *_, diff in results), default=0.0),
+            matched=outcome.matched,
+            total=outcome.total,
+            accuracy=outcome.accuracy,
+            max_abs_diff=outcome.max_abs_diff,
         )
 
 

@@ -7,6 +7,7 @@ metadata; later runs load the file at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -60,11 +61,40 @@ def cache_dir() -> Path:
 
 
 def weights_path(
-    model: str, dataset: str, *, epochs: int, seed: int, root: Path | None = None
+    model: str,
+    dataset: str,
+    *,
+    data_dir: Path | None = None,
+    epochs: int,
+    seed: int,
+    root: Path | None = None,
 ) -> Path:
-    """The cache file for one model trained one way on one data set."""
+    """The cache file for one model trained one way on one data set.
+
+    A data set read from a folder is told apart by the folder's absolute path,
+    so two CIFAR-10 copies never share weights.
+    """
+    tag = dataset
+    if data_dir is not None:
+        where = str(data_dir.resolve()).encode()
+        tag += "-" + hashlib.sha256(where).hexdigest()[:10]
     folder = (root or cache_dir()) / "weights"
-    return folder / f"{model}-{dataset}-e{epochs}-s{seed}.safetensors"
+    return folder / f"{model}-{tag}-e{epochs}-s{seed}.safetensors"
+
+
+def _cached(path: Path) -> float | None:
+    """The test accuracy stored with a readable cache file, else ``None``."""
+    if not path.is_file():
+        return None
+    try:
+        load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return float(metadata["test_accuracy"])
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        logger.warning("cached weights %s are unreadable (%s); training anew",
+                       path, error)  # fmt: skip
+        return None
 
 
 def evaluate(model: StagedModel, data: Dataset, *, batch: int = 256) -> float:
@@ -95,10 +125,11 @@ def train(
     labels = torch.tensor(train_set.labels)
     steps = epochs * -(-len(labels) // BATCH_SIZE)
     model.train()
+    # A bar only on a terminal: piped output would fill with redraws.
     with tqdm(
         total=steps,
         desc=f"training {model.model_name}",
-        disable=not progress,
+        disable=None if progress else True,
         unit="batch",
     ) as bar:
         for _ in range(epochs):
@@ -148,12 +179,12 @@ def ensure_weights(
     Training uses the training part of :func:`splitlab.data.load_splits` and
     reports the accuracy on its held-out part.
     """
-    path = weights_path(model_name, dataset, epochs=epochs, seed=seed, root=root)
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+    path = weights_path(
+        model_name, dataset, data_dir=data_dir, epochs=epochs, seed=seed, root=root
+    )
+    accuracy = _cached(path)
+    if accuracy is not None:
         logger.info("using cached weights %s", path)
-        accuracy = float(metadata.get("test_accuracy", "nan"))
         return TrainedWeights(path, accuracy, trained_now=False, train_s=0.0)
 
     train_set, test_set = load_splits(
