@@ -190,6 +190,8 @@ def ensure_weights(
     train_set, test_set = load_splits(
         dataset, data_dir=data_dir, test_fraction=test_fraction, seed=seed
     )
+    # Seeded before the weights are initialised, so a seed names one model.
+    torch.manual_seed(seed)
     model = build_model(model_name, classes=len(train_set.classes))
     started_s = time.perf_counter()
     train(model, train_set, epochs=epochs, seed=seed, progress=progress)
