@@ -7,12 +7,15 @@ import pytest
 from splitlab.errors import ConfigError
 from splitlab.schedule import (
     SCHEDULERS,
+    EdfScheduler,
     FcfsScheduler,
     Job,
+    PriorityScheduler,
     RoundRobinScheduler,
     Scheduler,
     SjfScheduler,
     Slice,
+    SrptScheduler,
     make_scheduler,
 )
 
@@ -163,10 +166,235 @@ def test_finished_job_and_oversized_slice_are_refused() -> None:
 
 
 def test_registry_and_unknown_name() -> None:
-    assert set(SCHEDULERS) == {"fcfs", "sjf", "rr"}
+    assert set(SCHEDULERS) == {"fcfs", "sjf", "srpt", "rr", "edf", "priority"}
     assert isinstance(make_scheduler("rr"), RoundRobinScheduler)
     assert isinstance(make_scheduler("sjf"), SjfScheduler)
+    assert isinstance(make_scheduler("srpt"), SrptScheduler)
+    assert isinstance(make_scheduler("edf"), EdfScheduler)
+    assert isinstance(make_scheduler("priority"), PriorityScheduler)
     with pytest.raises(
-        ConfigError, match=r"unknown scheduler 'edf'; known: fcfs, rr, sjf"
+        ConfigError,
+        match=r"unknown scheduler 'lifo'; known: edf, fcfs, priority, rr, sjf, srpt",
     ):
-        make_scheduler("edf")
+        make_scheduler("lifo")
+
+
+def test_preemptive_policies_hand_out_one_stage() -> None:
+    assert {name for name, cls in SCHEDULERS.items() if cls.preemptive} == {
+        "srpt",
+        "rr",
+        "edf",
+    }
+
+
+def test_finish_keeps_deadline_and_priority() -> None:
+    job = Job(
+        task_id=5, device="d", release_s=0.0, stage_s=(1.0, 1.0), deadline_s=3.0,
+        priority=2,
+    )  # fmt: skip
+    scheduler = SrptScheduler()
+    scheduler.push(job)
+    piece = scheduler.pop()
+    assert piece is not None
+    advanced = scheduler.finish(piece)
+    assert advanced is not None
+    assert (advanced.done, advanced.deadline_s, advanced.priority) == (1, 3.0, 2)
+
+
+# --- srpt --------------------------------------------------------------------
+
+
+def test_srpt_one_worker_runs_least_remaining_stage_by_stage() -> None:
+    # Remaining: B 1 < C 2 < A 4.  B's only stage; C stage 1, back with 1
+    # left (still least); C stage 2; then A stage 1, back with 1; A stage 2.
+    assert drain(SrptScheduler(), [A, B, C]) == [
+        (2, 0, 1),
+        (3, 0, 1),
+        (3, 1, 1),
+        (1, 0, 1),
+        (1, 1, 1),
+    ]
+
+
+def test_srpt_preempts_a_long_job_at_its_stage_boundary() -> None:
+    # A starts stage 1 (3 s).  D (0.5 s of work) arrives meanwhile.  When A's
+    # stage ends A has 1 s left, more than D's 0.5 s, so D runs before A's
+    # second stage.  SJF would have run A's two stages in one slice.
+    d = Job(task_id=4, device="d", release_s=0.5, stage_s=(0.5,))
+    srpt = SrptScheduler()
+    srpt.push(A)
+    a1 = srpt.pop()
+    assert a1 is not None and a1.stages == 1
+    srpt.push(d)
+    srpt.finish(a1)
+    assert drain(srpt, []) == [(4, 0, 1), (1, 1, 1)]
+
+    sjf = SjfScheduler()
+    sjf.push(A)
+    whole = sjf.pop()
+    assert whole is not None and whole.stages == 2
+
+
+def test_srpt_equal_remaining_goes_to_the_earlier_release() -> None:
+    # After A's first stage A has 1 s left, like B: A was released first.
+    srpt = SrptScheduler()
+    srpt.push(A)
+    a1 = srpt.pop()
+    assert a1 is not None
+    srpt.push(B)
+    srpt.finish(a1)
+    assert drain(srpt, []) == [(1, 1, 1), (2, 0, 1)]
+
+
+def test_srpt_two_workers_step_by_step() -> None:
+    srpt = SrptScheduler()
+    for job in (A, B, C):
+        srpt.push(job)
+    # t=0: B (1 s, ends 1) and C stage 1 (ends 1); A waits.
+    b1, c1 = srpt.pop(), srpt.pop()
+    assert b1 is not None and c1 is not None
+    assert [(p.job.task_id, p.job.done) for p in (b1, c1)] == [(2, 0), (3, 0)]
+    assert len(srpt) == 1
+    # t=1: B is done, C goes back with 1 s left, less than A's 4.
+    assert srpt.finish(b1) is None
+    assert srpt.finish(c1) is not None
+    c2, a1 = srpt.pop(), srpt.pop()
+    assert c2 is not None and a1 is not None
+    assert [(p.job.task_id, p.job.done) for p in (c2, a1)] == [(3, 1), (1, 0)]
+    # t=2: C is done; t=4: A goes back and runs its last stage.
+    assert srpt.finish(c2) is None
+    assert srpt.pop() is None
+    assert srpt.finish(a1) is not None
+    a2 = srpt.pop()
+    assert a2 is not None and (a2.job.task_id, a2.job.done) == (1, 1)
+
+
+# --- edf ---------------------------------------------------------------------
+#
+#   E1: task 1, released 0, stages (1, 1), deadline 10
+#   E2: task 2, released 0, stages (2,),   deadline 5
+#   E3: task 3, released 1, stages (1,),   no deadline (+inf)
+#   E4: task 4, released 2, stages (1,),   deadline 5 (ties E2, released later)
+E1 = Job(task_id=1, device="a", release_s=0.0, stage_s=(1.0, 1.0), deadline_s=10.0)
+E2 = Job(task_id=2, device="b", release_s=0.0, stage_s=(2.0,), deadline_s=5.0)
+E3 = Job(task_id=3, device="c", release_s=1.0, stage_s=(1.0,))
+E4 = Job(task_id=4, device="d", release_s=2.0, stage_s=(1.0,), deadline_s=5.0)
+
+
+def test_edf_one_worker_runs_earliest_deadline_first() -> None:
+    # Deadlines 5 (E2, released 0), 5 (E4, released 2), 10 (E1, both its
+    # stages), then E3, which has none.
+    assert drain(EdfScheduler(), [E3, E1, E4, E2]) == [
+        (2, 0, 1),
+        (4, 0, 1),
+        (1, 0, 1),
+        (1, 1, 1),
+        (3, 0, 1),
+    ]
+
+
+def test_edf_preempts_at_a_stage_boundary_for_an_earlier_deadline() -> None:
+    # E1 runs its first stage; E2 (deadline 5 < 10) arrives meanwhile and
+    # runs before E1's second stage.
+    edf = EdfScheduler()
+    edf.push(E1)
+    e1 = edf.pop()
+    assert e1 is not None and e1.stages == 1
+    edf.push(E2)
+    edf.finish(e1)
+    assert drain(edf, []) == [(2, 0, 1), (1, 1, 1)]
+
+
+def test_edf_without_deadlines_is_first_come_first_served() -> None:
+    # No job has a deadline: every key starts with +inf, so release order,
+    # one stage at a time.  The first job keeps its worker: A, A, B, C, C.
+    assert drain(EdfScheduler(), [C, B, A]) == [
+        (1, 0, 1),
+        (1, 1, 1),
+        (2, 0, 1),
+        (3, 0, 1),
+        (3, 1, 1),
+    ]
+
+
+def test_edf_two_workers_step_by_step() -> None:
+    edf = EdfScheduler()
+    for job in (E1, E2, E3, E4):
+        edf.push(job)
+    # t=0: E2 (2 s, ends 2) and E4 (1 s, ends 1).
+    e2, e4 = edf.pop(), edf.pop()
+    assert e2 is not None and e4 is not None
+    assert (e2.job.task_id, e4.job.task_id) == (2, 4)
+    # t=1: E4 is done; E1 stage 1 (ends 2).
+    assert edf.finish(e4) is None
+    e1 = edf.pop()
+    assert e1 is not None and (e1.job.task_id, e1.job.done) == (1, 0)
+    # t=2: E2 is done, E1 goes back; E1 stage 2 and E3 take both workers.
+    assert edf.finish(e2) is None
+    assert edf.finish(e1) is not None
+    last = [edf.pop(), edf.pop()]
+    assert [(p.job.task_id, p.job.done) for p in last if p is not None] == [
+        (1, 1),
+        (3, 0),
+    ]
+    assert edf.pop() is None
+
+
+# --- priority ----------------------------------------------------------------
+#
+#   P0: task 0, released 0.0, stages (1,),   priority 1
+#   P1: task 1, released 0.0, stages (2,),   priority 1 (ties P0: lower id)
+#   P2: task 2, released 1.0, stages (1, 1), priority 0
+#   P3: task 3, released 0.5, stages (1,),   priority 1
+#   P4: task 4, released 0.5, stages (1,),   priority 0 (before P2: earlier)
+P0 = Job(task_id=0, device="a", release_s=0.0, stage_s=(1.0,), priority=1)
+P1 = Job(task_id=1, device="a", release_s=0.0, stage_s=(2.0,), priority=1)
+P2 = Job(task_id=2, device="b", release_s=1.0, stage_s=(1.0, 1.0), priority=0)
+P3 = Job(task_id=3, device="c", release_s=0.5, stage_s=(1.0,), priority=1)
+P4 = Job(task_id=4, device="b", release_s=0.5, stage_s=(1.0,), priority=0)
+
+
+def test_priority_lower_number_first_then_release_then_task_id() -> None:
+    assert drain(PriorityScheduler(), [P3, P2, P1, P0, P4]) == [
+        (4, 0, 1),
+        (2, 0, 2),
+        (0, 0, 1),
+        (1, 0, 1),
+        (3, 0, 1),
+    ]
+
+
+def test_priority_does_not_preempt() -> None:
+    # P1 (priority 1) has started when P2 (priority 0) arrives: P1's slice
+    # already covers all its work, and P2 waits for it.
+    two_stage = Job(task_id=1, device="a", release_s=0.0, stage_s=(2.0, 1.0),
+                    priority=1)  # fmt: skip
+    scheduler = PriorityScheduler()
+    scheduler.push(two_stage)
+    piece = scheduler.pop()
+    assert piece is not None and piece.stages == 2 and piece.duration_s == 3.0
+    scheduler.push(P2)
+    assert scheduler.finish(piece) is None
+    assert drain(scheduler, []) == [(2, 0, 2)]
+
+
+def test_priority_two_workers_step_by_step() -> None:
+    scheduler = PriorityScheduler()
+    for job in (P0, P1, P3):
+        scheduler.push(job)
+    # t=0: the two priority-1 jobs released at 0 start (P0 1 s, P1 2 s).
+    p0, p1 = scheduler.pop(), scheduler.pop()
+    assert p0 is not None and p1 is not None
+    assert (p0.job.task_id, p1.job.task_id) == (0, 1)
+    # t=0.5: P4 (priority 0) joins P3; t=1: P0 ends, P4 goes first.
+    scheduler.push(P4)
+    assert scheduler.finish(p0) is None
+    p4 = scheduler.pop()
+    assert p4 is not None and p4.job.task_id == 4
+    # t=2: P1 and P4 end; P3 (priority 1) and P2 (priority 0, released 1)
+    # are queued: P2 first, then P3 on the other worker.
+    scheduler.push(P2)
+    assert scheduler.finish(p1) is None
+    assert scheduler.finish(p4) is None
+    nxt = [scheduler.pop(), scheduler.pop()]
+    assert [p.job.task_id for p in nxt if p is not None] == [2, 3]

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from splitlab.errors import ConfigError
 from splitlab.link import LinkSpec
 from splitlab.profile import NodeProfile, StageProfile
-from splitlab.simulate import TaskPrediction, simulate
-from splitlab.workload import TaskSpec
+from splitlab.schedule import SCHEDULERS, Job, Slice, make_scheduler
+from splitlab.simulate import TaskPrediction, simulate, summarize
+from splitlab.workload import TaskSpec, generate_tasks
 
 
 def profile(node: str, input_bytes: int, *stages: tuple[float, int]) -> NodeProfile:
@@ -31,9 +32,20 @@ def profile(node: str, input_bytes: int, *stages: tuple[float, int]) -> NodeProf
     )
 
 
-def task(task_id: int, device: str, index: int, arrival_s: float) -> TaskSpec:
+def task(
+    task_id: int,
+    device: str,
+    index: int,
+    arrival_s: float,
+    deadline_s: float | None = None,
+) -> TaskSpec:
     return TaskSpec(
-        task_id=task_id, device=device, index=index, arrival_s=arrival_s, sample=0
+        task_id=task_id,
+        device=device,
+        index=index,
+        arrival_s=arrival_s,
+        sample=0,
+        deadline_s=deadline_s,
     )
 
 
@@ -214,7 +226,7 @@ def test_order_of_tasks_does_not_matter_and_output_is_sorted() -> None:
 @given(
     arrivals=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=25),
     cuts=st.tuples(*(st.integers(0, 2),) * 3),
-    scheduler=st.sampled_from(["fcfs", "sjf", "rr"]),
+    scheduler=st.sampled_from(sorted(SCHEDULERS)),
     workers=st.integers(1, 3),
 )
 def test_parts_add_up_and_waits_are_not_negative(
@@ -282,3 +294,264 @@ def test_bad_inputs_are_refused() -> None:
             simulate(ONE_TASKS, **{**base, **change})
     with pytest.raises(ConfigError, match="task_id 0 appears more than once"):
         simulate(ONE_TASKS + ONE_TASKS[:1], **base)
+
+
+# --- preemptive and priority schedulers on one instance ----------------------
+#
+# Devices run stages of 0.5 s that emit 0 B, so nothing waits for a link and
+# a task reaches the BS when its head ends.  BS: three stages of 1.0 s.
+#   long:  cut 0, task 0 at 0.0 -> at the BS at 0.0, 3 stages (3 s)
+#   mid:   cut 1, task 1 at 0.0 -> head 0.5, at the BS at 0.5, 2 stages
+#   short: cut 2, task 2 at 0.0 -> head 1.0, at the BS at 1.0, 1 stage
+PRE_DEV = profile("dev", 0, (0.5, 0), (0.5, 0), (0.5, 0))
+PRE_BS = profile("bs", 0, (1.0, 0), (1.0, 0), (1.0, 0))
+PRE_CUTS = {"long": 0, "mid": 1, "short": 2}
+
+
+def pre(
+    scheduler: str,
+    workers: int,
+    *,
+    deadlines_s: tuple[float | None, float | None, float | None] = (None,) * 3,
+    priorities: dict[str, int] | None = None,
+) -> dict[str, float]:
+    """end_s of each device's task."""
+    tasks = [
+        task(n, device, 0, 0.0, deadline_s)
+        for n, (device, deadline_s) in enumerate(
+            zip(PRE_CUTS, deadlines_s, strict=True)
+        )
+    ]
+    predictions = simulate(
+        tasks,
+        cuts=PRE_CUTS,
+        device_profiles=dict.fromkeys(PRE_CUTS, PRE_DEV),
+        bs_profile=PRE_BS,
+        links=dict.fromkeys(PRE_CUTS, LinkSpec(latency_s=0.0, rate_bps=1000.0)),
+        scheduler=scheduler,
+        workers=workers,
+        priorities=priorities,
+    )
+    for p in predictions:
+        assert p.transmission_s == 0.0
+        assert p.arrival_s + p.device_s + p.bs_wait_s + p.bs_s == p.end_s
+    return {p.device: p.end_s for p in predictions}
+
+
+def test_pre_fcfs_and_sjf_one_worker() -> None:
+    # FCFS: long 0 -> 3, mid 3 -> 5, short 5 -> 6.
+    assert pre("fcfs", 1) == {"long": 3.0, "mid": 5.0, "short": 6.0}
+    # SJF: long 0 -> 3 whole; at 3 short (1 s) before mid (2 s).
+    assert pre("sjf", 1) == {"long": 3.0, "mid": 6.0, "short": 4.0}
+
+
+def test_srpt_one_worker() -> None:
+    # 0: long stage 1 (0 -> 1).  0.5: mid queued (2 s left).  1: long back
+    # with 2 s left and short arrives with 1 s: short 1 -> 2.  2: long (2 s,
+    # released 0) ties mid (2 s, released 0.5) and goes first: 2 -> 3, then
+    # with 1 s left 3 -> 4.  mid 4 -> 5 -> 6.
+    assert pre("srpt", 1) == {"long": 4.0, "mid": 6.0, "short": 2.0}
+
+
+def test_srpt_two_workers() -> None:
+    # 0: long stage 1 on w1 (0 -> 1).  0.5: mid stage 1 on w2 (0.5 -> 1.5).
+    # 1: long back (2 s left), short arrives (1 s): short on w1 (1 -> 2).
+    # 1.5: mid back (1 s left) before long (2 s): mid on w2 (1.5 -> 2.5).
+    # 2: long stage 2 on w1 (2 -> 3), stage 3 (3 -> 4).
+    assert pre("srpt", 2) == {"long": 4.0, "mid": 2.5, "short": 2.0}
+
+
+def test_edf_one_worker_with_a_missed_deadline() -> None:
+    # Deadlines: long 4.5, mid 4, short none.  0: long stage 1 (0 -> 1).
+    # 0.5: mid queued.  1: long back (4.5), short arrives (+inf): mid (4)
+    # runs 1 -> 2 -> 3.  long 3 -> 4 -> 5, after its deadline.  short 5 -> 6.
+    ends = pre("edf", 1, deadlines_s=(4.5, 4.0, None))
+    assert ends == {"long": 5.0, "mid": 3.0, "short": 6.0}
+
+
+def test_edf_two_workers() -> None:
+    # 0: long stage 1 on w1 (0 -> 1).  0.5: mid stage 1 on w2 (0.5 -> 1.5).
+    # 1: long (4.5) before short (+inf): long stage 2 (1 -> 2).  1.5: mid
+    # (4) before short: mid stage 2 (1.5 -> 2.5).  2: long stage 3 (2 -> 3).
+    # 2.5: short (2.5 -> 3.5).
+    ends = pre("edf", 2, deadlines_s=(4.5, 4.0, None))
+    assert ends == {"long": 3.0, "mid": 2.5, "short": 3.5}
+
+
+def test_priority_one_and_two_workers() -> None:
+    priorities = {"long": 1, "mid": 1}  # short is left out: priority 0
+    # One worker: long 0 -> 3 (not preempted); at 3 short (0) before mid (1).
+    assert pre("priority", 1, priorities=priorities) == {
+        "long": 3.0,
+        "mid": 6.0,
+        "short": 4.0,
+    }
+    # Two workers: long 0 -> 3, mid 0.5 -> 2.5, short waits for mid, -> 3.5.
+    assert pre("priority", 2, priorities=priorities) == {
+        "long": 3.0,
+        "mid": 2.5,
+        "short": 3.5,
+    }
+    # Without priorities every job is 0: first come, first served.
+    assert pre("priority", 1) == pre("fcfs", 1)
+
+
+def test_deadlines_are_copied_and_checked() -> None:
+    tasks = [
+        task(0, "long", 0, 0.0, 4.5),
+        task(1, "mid", 0, 0.0, 3.0),
+        task(2, "short", 0, 0.0),
+    ]
+    predictions = simulate(
+        tasks,
+        cuts=PRE_CUTS,
+        device_profiles=dict.fromkeys(PRE_CUTS, PRE_DEV),
+        bs_profile=PRE_BS,
+        links=dict.fromkeys(PRE_CUTS, LinkSpec(latency_s=0.0, rate_bps=1000.0)),
+        scheduler="edf",
+        workers=1,
+    )
+    # As in the one-worker EDF case: long ends 5 (> 4.5), mid 3 (== 3, met).
+    assert [p.deadline_s for p in predictions] == [4.5, 3.0, None]
+    assert [p.met_deadline for p in predictions] == [False, True, None]
+
+    summary = summarize(predictions)
+    # Delays 5, 3, 6: total 14, mean 14/3, variance ((1/3)^2 + (5/3)^2 +
+    # (4/3)^2) / 3 = 42/27.
+    assert (summary.tasks, summary.total_delay_s, summary.max_delay_s) == (3, 14, 6)
+    assert summary.mean_delay_s == pytest.approx(14 / 3)
+    assert summary.delay_variance_s2 == pytest.approx(42 / 27)
+    assert (summary.deadline_tasks, summary.missed_deadlines) == (2, 1)
+    assert summarize(()).tasks == 0
+
+
+def test_generated_deadlines_reach_the_predictions() -> None:
+    tasks = generate_tasks(
+        ["long", "mid", "short"], tasks_per_device=3, period_s=2.0,
+        arrivals="periodic", num_samples=10, seed=4, relative_deadline_s=2.5,
+    )  # fmt: skip
+    predictions = simulate(
+        tasks,
+        cuts=PRE_CUTS,
+        device_profiles=dict.fromkeys(PRE_CUTS, PRE_DEV),
+        bs_profile=PRE_BS,
+        links=dict.fromkeys(PRE_CUTS, LinkSpec(latency_s=0.0, rate_bps=1000.0)),
+        scheduler="edf",
+        workers=2,
+    )
+    by_id = {t.task_id: t for t in tasks}
+    for p in predictions:
+        assert p.deadline_s == by_id[p.task_id].arrival_s + 2.5
+        assert p.met_deadline == (p.end_s <= p.deadline_s)
+
+
+# --- the simulator makes the choices the scheduler classes make --------------
+
+
+def reference_ends(jobs: list[Job], scheduler: str, workers: int) -> dict[int, float]:
+    """Drive a scheduler object the way the BS's worker threads do."""
+    queue = make_scheduler(scheduler)
+    pending = sorted(jobs, key=lambda job: (job.release_s, job.task_id))
+    running: list[tuple[float, Slice]] = []
+    ends: dict[int, float] = {}
+    while pending or running:
+        now = min([end for end, _ in running] + [j.release_s for j in pending[:1]])
+        events: list[Job | Slice] = [piece for end, piece in running if end == now]
+        running = [(end, piece) for end, piece in running if end != now]
+        while pending and pending[0].release_s == now:
+            events.append(pending.pop(0))
+
+        def order(item: Job | Slice) -> tuple[float, int]:
+            job = item if isinstance(item, Job) else item.job
+            return (job.release_s, job.task_id)
+
+        for item in sorted(events, key=order):
+            if isinstance(item, Job):
+                queue.push(item)
+            elif queue.finish(item) is None:
+                ends[item.job.task_id] = now
+        while len(running) < workers and (piece := queue.pop()) is not None:
+            running.append((now + piece.duration_s, piece))
+    return ends
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    jobs=st.lists(
+        st.tuples(
+            st.integers(0, 12),  # arrival in quarters of a second
+            st.integers(0, 2),  # cut
+            st.one_of(st.none(), st.integers(0, 40)),  # deadline in quarters
+            st.integers(0, 2),  # the device: d0, d1, d2
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    scheduler=st.sampled_from(sorted(SCHEDULERS)),
+    workers=st.integers(1, 3),
+)
+def test_simulator_matches_the_scheduler_classes(
+    jobs: list[tuple[int, int, int | None, int]], scheduler: str, workers: int
+) -> None:
+    # Heads take no time and nothing crosses a link, so every job reaches the
+    # BS at its arrival exactly; stages of 0.5, 1.0 and 0.25 s make many
+    # events fall on the same instant.
+    devices = ("d0", "d1", "d2")
+    device_profile = profile("dev", 0, (0.0, 0), (0.0, 0), (0.0, 0))
+    bs_profile = profile("bs", 0, (0.5, 0), (1.0, 0), (0.25, 0))
+    stage_s = tuple(stage.median_s for stage in bs_profile.stages)
+    priorities = {"d0": 2, "d1": 0, "d2": 1}
+    cut_of: dict[str, int] = {}
+    tasks: list[TaskSpec] = []
+    expected_jobs: list[Job] = []
+    for n, (quarter, cut, deadline, device_no) in enumerate(jobs):
+        device = devices[device_no]
+        # A device has one cut: its first task's.
+        cut_of.setdefault(device, cut)
+        deadline_s = None if deadline is None else deadline / 4
+        tasks.append(task(n, device, n, quarter / 4, deadline_s))
+    for n, spec in enumerate(tasks):
+        cut = cut_of[spec.device]
+        expected_jobs.append(
+            Job(
+                task_id=n,
+                device=spec.device,
+                release_s=spec.arrival_s,
+                stage_s=stage_s[cut:],
+                deadline_s=spec.deadline_s,
+                priority=priorities[spec.device],
+            )
+        )
+    predictions = simulate(
+        tasks,
+        cuts=cut_of,
+        device_profiles=dict.fromkeys(devices, device_profile),
+        bs_profile=bs_profile,
+        links=dict.fromkeys(devices, LinkSpec(latency_s=0.0, rate_bps=1.0)),
+        scheduler=scheduler,
+        workers=workers,
+        priorities=priorities,
+    )
+    expected = reference_ends(expected_jobs, scheduler, workers)
+    assert {p.task_id: p.end_s for p in predictions} == expected
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_same_inputs_same_predictions(scheduler: str) -> None:
+    devices = [f"d{n}" for n in range(6)]
+    tasks = generate_tasks(
+        devices, tasks_per_device=30, period_s=1.5, arrivals="poisson",
+        num_samples=100, seed=11, relative_deadline_s=6.0,
+    )  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "cuts": {d: n % 3 for n, d in enumerate(devices)},
+        "device_profiles": dict.fromkeys(devices, SHARED_DEV),
+        "bs_profile": SHARED_BS,
+        "links": dict.fromkeys(devices, SHARED_LINK),
+        "scheduler": scheduler,
+        "workers": 2,
+        "priorities": {d: n % 2 for n, d in enumerate(devices)},
+    }
+    first = simulate(tasks, **kwargs)
+    assert simulate(list(reversed(tasks)), **kwargs) == first
+    assert [p.task_id for p in first] == list(range(180))

@@ -51,3 +51,24 @@ def test_bad_workloads_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1, got 0"):
         generate_tasks(["a"], tasks_per_device=0, period_s=1, arrivals="periodic",
                        num_samples=1, seed=0)  # fmt: skip
+
+
+def test_relative_deadline_gives_each_task_an_absolute_one() -> None:
+    tasks = generate_tasks(
+        ["a", "b"], tasks_per_device=4, period_s=0.5, arrivals="poisson",
+        num_samples=10, seed=5, relative_deadline_s=0.25,
+    )  # fmt: skip
+    for task in tasks:
+        assert task.deadline_s == task.arrival_s + 0.25
+    # The deadline changes nothing else: same arrivals and samples as without.
+    plain = generate_tasks(
+        ["a", "b"], tasks_per_device=4, period_s=0.5, arrivals="poisson",
+        num_samples=10, seed=5,
+    )  # fmt: skip
+    assert [(t.task_id, t.arrival_s, t.sample) for t in tasks] == [
+        (t.task_id, t.arrival_s, t.sample) for t in plain
+    ]
+    assert all(t.deadline_s is None for t in plain)
+    with pytest.raises(ValueError, match="relative_deadline_s must be positive"):
+        generate_tasks(["a"], tasks_per_device=1, period_s=1, arrivals="periodic",
+                       num_samples=1, seed=0, relative_deadline_s=0.0)  # fmt: skip

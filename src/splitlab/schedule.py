@@ -7,15 +7,37 @@ them under a lock) and the simulator, so they are pure: no clocks, no
 threads, no randomness.  Times in a :class:`Job` are estimates taken from the
 BS profile; a scheduler uses them only to order the queue.
 
+Every policy is two things: a *rank*, the key that orders the queue (least
+first, equal keys in the order they were pushed), and whether it is
+*preemptive*.  A non-preemptive policy hands out
+all of a job's remaining stages in one slice; a preemptive one hands out one
+stage, after which :meth:`Scheduler.finish` puts the job back in the queue and
+the best-ranked job runs next.  Preemption therefore happens only at stage
+boundaries: a stage that has started always runs to its end.
+
 Policies
 --------
 ``fcfs``
-    First come, first served: release order, a job runs all its stages.
+    First come, first served: rank ``(release_s, task_id)``, non-preemptive.
 ``sjf``
-    Shortest job first: least remaining BS work first, non-preemptive.
+    Shortest job first: rank ``(remaining_s, release_s, task_id)``,
+    non-preemptive.
+``srpt``
+    Shortest remaining processing time: the rank of ``sjf``, preemptive, so
+    after every stage the job with the least remaining BS work runs.
 ``rr``
-    Round robin with a quantum of one stage: a job that has run one stage
-    goes to the back of the queue.
+    Round robin with a quantum of one stage: every rank is equal, so the
+    queue is in push order and a job that has run one stage goes to the
+    back of it.
+``edf``
+    Earliest deadline first: rank ``(deadline_s, release_s, task_id)``, a job
+    without a deadline counting as ``+inf`` (after every job that has one,
+    first come first served among themselves); preemptive, so a job arriving
+    with an earlier deadline takes the next free worker from a running job
+    at that job's next stage boundary.
+``priority``
+    Static priority: rank ``(priority, release_s, task_id)``, a lower number
+    first and first come first served within a priority; non-preemptive.
 
 Ties are broken by ``(release_s, task_id)``.  Round robin keeps its queue in
 the order jobs were pushed, so a caller that enqueues several jobs at the
@@ -25,10 +47,11 @@ does.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
+import math
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -38,14 +61,20 @@ from splitlab.errors import ConfigError
 
 __all__ = [
     "SCHEDULERS",
+    "EdfScheduler",
     "FcfsScheduler",
     "Job",
+    "PriorityScheduler",
     "RoundRobinScheduler",
     "Scheduler",
     "SjfScheduler",
     "Slice",
+    "SrptScheduler",
     "make_scheduler",
 ]
+
+Rank = tuple[float, ...]
+"""A queue key; the least key runs first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +94,12 @@ class Job:
         execution order (from the BS profile), in seconds.
     done:
         How many of ``stage_s`` have already run.
+    deadline_s:
+        The task's absolute deadline, in seconds from the run's start, or
+        ``None`` when it has none.
+    priority:
+        The static priority of the task's device; a lower number is served
+        first by the ``priority`` scheduler.
     """
 
     task_id: int
@@ -72,6 +107,8 @@ class Job:
     release_s: float
     stage_s: tuple[float, ...]
     done: int = 0
+    deadline_s: float | None = None
+    priority: int = 0
 
     @property
     def remaining_s(self) -> float:
@@ -111,12 +148,50 @@ class Scheduler(ABC):
 
     A worker that is free calls :meth:`pop`, runs the slice it gets, then
     calls :meth:`finish`, which puts the job back in the queue when stages
-    remain.  New jobs enter with :meth:`push`.
+    remain.  New jobs enter with :meth:`push`.  A subclass defines the
+    policy with :meth:`rank` and :attr:`preemptive`.
+
+    Attributes
+    ----------
+    name:
+        The registry name.
+    preemptive:
+        ``True`` when a slice is one stage (the job goes back to the queue
+        after it), ``False`` when a slice is every remaining stage.
     """
 
     name: ClassVar[str]
+    preemptive: ClassVar[bool]
 
+    def __init__(self) -> None:
+        self._heap: list[tuple[Rank, int, Job]] = []
+        self._order = itertools.count()
+
+    @staticmethod
     @abstractmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """The queue key of a job; the least key is served first.
+
+        Parameters
+        ----------
+        release_s, task_id, deadline_s, priority:
+            The job's fields (see :class:`Job`).
+        remaining_s:
+            The job's :attr:`Job.remaining_s` when it is pushed.
+
+        Returns
+        -------
+        tuple[float, ...]
+            The job's key.  Jobs with equal keys leave the queue in the
+            order they were pushed.
+        """
+
     def push(self, job: Job) -> None:
         """Add a job that has stages left to run.
 
@@ -125,14 +200,27 @@ class Scheduler(ABC):
         ValueError
             If the job has no stage left.
         """
+        if job.finished:
+            raise ValueError(
+                f"task {job.task_id} has no stage left to run at the BS "
+                f"({job.done} of {len(job.stage_s)} done)"
+            )
+        key = self.rank(
+            job.release_s, job.task_id, job.remaining_s, job.deadline_s, job.priority
+        )
+        heapq.heappush(self._heap, (key, next(self._order), job))
 
-    @abstractmethod
     def pop(self) -> Slice | None:
         """Take the next slice to run, or ``None`` when the queue is empty."""
+        if not self._heap:
+            return None
+        job = heapq.heappop(self._heap)[-1]
+        stages = 1 if self.preemptive else len(job.stage_s) - job.done
+        return Slice(job=job, stages=stages)
 
-    @abstractmethod
     def __len__(self) -> int:
         """Number of jobs waiting in the queue (not the ones running)."""
+        return len(self._heap)
 
     def finish(self, piece: Slice) -> Job | None:
         """Record that ``piece`` has run.
@@ -159,107 +247,133 @@ class Scheduler(ABC):
                 f"slice of {piece.stages} stages does not fit task {job.task_id}, "
                 f"which has run {job.done} of {len(job.stage_s)} stages"
             )
-        advanced = Job(
-            task_id=job.task_id,
-            device=job.device,
-            release_s=job.release_s,
-            stage_s=job.stage_s,
-            done=job.done + piece.stages,
-        )
+        advanced = dataclasses.replace(job, done=job.done + piece.stages)
         if advanced.finished:
             return None
         self.push(advanced)
         return advanced
 
 
-def _check_runnable(job: Job) -> None:
-    if job.finished:
-        raise ValueError(
-            f"task {job.task_id} has no stage left to run at the BS "
-            f"({job.done} of {len(job.stage_s)} done)"
-        )
-
-
 class FcfsScheduler(Scheduler):
     """First come, first served: release order, all remaining stages at once."""
 
     name: ClassVar[str] = "fcfs"
+    preemptive: ClassVar[bool] = False
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, Job]] = []
-        self._order = itertools.count()
-
-    def push(self, job: Job) -> None:
-        """Queue ``job`` behind every job released before it."""
-        _check_runnable(job)
-        entry = (job.release_s, job.task_id, next(self._order), job)
-        heapq.heappush(self._heap, entry)
-
-    def pop(self) -> Slice | None:
-        """Take the earliest released job, to run to its end."""
-        if not self._heap:
-            return None
-        job = heapq.heappop(self._heap)[-1]
-        return Slice(job=job, stages=len(job.stage_s) - job.done)
-
-    def __len__(self) -> int:
-        """Number of queued jobs."""
-        return len(self._heap)
+    @staticmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """``(release_s, task_id)``: the earliest released job first."""
+        return (release_s, task_id)
 
 
 class SjfScheduler(Scheduler):
     """Shortest job first: least remaining BS work, then release order."""
 
     name: ClassVar[str] = "sjf"
+    preemptive: ClassVar[bool] = False
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, float, int, int, Job]] = []
-        self._order = itertools.count()
+    @staticmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """``(remaining_s, release_s, task_id)``: the least work first."""
+        return (remaining_s, release_s, task_id)
 
-    def push(self, job: Job) -> None:
-        """Queue ``job`` by its remaining estimated BS time."""
-        _check_runnable(job)
-        entry = (job.remaining_s, job.release_s, job.task_id, next(self._order), job)
-        heapq.heappush(self._heap, entry)
 
-    def pop(self) -> Slice | None:
-        """Take the job with the least remaining work, to run to its end."""
-        if not self._heap:
-            return None
-        job = heapq.heappop(self._heap)[-1]
-        return Slice(job=job, stages=len(job.stage_s) - job.done)
+class SrptScheduler(Scheduler):
+    """Shortest remaining BS work first, re-chosen after every stage."""
 
-    def __len__(self) -> int:
-        """Number of queued jobs."""
-        return len(self._heap)
+    name: ClassVar[str] = "srpt"
+    preemptive: ClassVar[bool] = True
+
+    @staticmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """``(remaining_s, release_s, task_id)``: the least work first."""
+        return (remaining_s, release_s, task_id)
 
 
 class RoundRobinScheduler(Scheduler):
     """Round robin with a quantum of one stage, in the order jobs were pushed."""
 
     name: ClassVar[str] = "rr"
+    preemptive: ClassVar[bool] = True
 
-    def __init__(self) -> None:
-        self._queue: deque[Job] = deque()
+    @staticmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """``()``: every job ties, so the queue is in push order."""
+        return ()
 
-    def push(self, job: Job) -> None:
-        """Put ``job`` at the back of the queue."""
-        _check_runnable(job)
-        self._queue.append(job)
 
-    def pop(self) -> Slice | None:
-        """Take the job at the front of the queue, for one stage."""
-        if not self._queue:
-            return None
-        return Slice(job=self._queue.popleft(), stages=1)
+class EdfScheduler(Scheduler):
+    """Earliest absolute deadline first, re-chosen after every stage."""
 
-    def __len__(self) -> int:
-        """Number of queued jobs."""
-        return len(self._queue)
+    name: ClassVar[str] = "edf"
+    preemptive: ClassVar[bool] = True
+
+    @staticmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """``(deadline_s, release_s, task_id)``; no deadline counts as ``+inf``."""
+        return (math.inf if deadline_s is None else deadline_s, release_s, task_id)
+
+
+class PriorityScheduler(Scheduler):
+    """Static priority per device, lower first; release order within one."""
+
+    name: ClassVar[str] = "priority"
+    preemptive: ClassVar[bool] = False
+
+    @staticmethod
+    def rank(
+        release_s: float,
+        task_id: int,
+        remaining_s: float,
+        deadline_s: float | None,
+        priority: int,
+    ) -> Rank:
+        """``(priority, release_s, task_id)``: the lowest number first."""
+        return (priority, release_s, task_id)
 
 
 SCHEDULERS: Mapping[str, type[Scheduler]] = MappingProxyType(
-    {cls.name: cls for cls in (FcfsScheduler, SjfScheduler, RoundRobinScheduler)}
+    {
+        cls.name: cls
+        for cls in (
+            FcfsScheduler,
+            SjfScheduler,
+            SrptScheduler,
+            RoundRobinScheduler,
+            EdfScheduler,
+            PriorityScheduler,
+        )
+    }
 )
 """Every scheduler by its name."""
 

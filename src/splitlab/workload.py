@@ -2,7 +2,8 @@
 
 Arrivals are periodic (one task every ``period_s``) or Poisson (exponential
 gaps of mean ``period_s``), with a seeded generator per device so that a
-scenario and a seed always produce the same tasks.
+scenario and a seed always produce the same tasks.  A task may carry an
+absolute deadline: its arrival plus a relative deadline common to the run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class TaskSpec:
         When the task is generated, in seconds after the run's start.
     sample:
         The index of the input sample in the data set.
+    deadline_s:
+        When the task should have finished, in seconds after the run's start
+        (absolute), or ``None`` when it has no deadline.
     """
 
     task_id: int
@@ -39,6 +43,7 @@ class TaskSpec:
     index: int
     arrival_s: float
     sample: int
+    deadline_s: float | None = None
 
 
 def generate_tasks(
@@ -49,12 +54,37 @@ def generate_tasks(
     arrivals: Arrivals,
     num_samples: int,
     seed: int,
+    relative_deadline_s: float | None = None,
 ) -> tuple[TaskSpec, ...]:
     """Generate every device's tasks, ordered by arrival time then task id.
 
     Each device's first task arrives at a seeded offset in ``[0, period_s)`` so
     that periodic devices do not all fire at the same instant.  Samples are
     drawn without replacement where the data set is large enough.
+
+    Parameters
+    ----------
+    devices:
+        The devices' names; the task ids follow this order.
+    tasks_per_device:
+        How many tasks each device generates.
+    period_s:
+        The gap between a device's tasks (periodic), or its mean (Poisson).
+    arrivals:
+        ``"periodic"`` or ``"poisson"``.
+    num_samples:
+        The size of the data set the samples are drawn from.
+    seed:
+        Seeds the samples and every device's arrivals.
+    relative_deadline_s:
+        When given, every task's ``deadline_s`` is its ``arrival_s`` plus
+        this many seconds; otherwise tasks have no deadline.
+
+    Raises
+    ------
+    ValueError
+        If ``tasks_per_device`` is below one, ``period_s`` or
+        ``relative_deadline_s`` is not positive, or the data set is empty.
     """
     if tasks_per_device < 1:
         raise ValueError(f"tasks_per_device must be at least 1, got {tasks_per_device}")
@@ -62,6 +92,10 @@ def generate_tasks(
         raise ValueError(f"period_s must be positive, got {period_s}")
     if num_samples < 1:
         raise ValueError(f"the data set has no samples ({num_samples})")
+    if relative_deadline_s is not None and relative_deadline_s <= 0:
+        raise ValueError(
+            f"relative_deadline_s must be positive, got {relative_deadline_s}"
+        )
 
     sampler = random.Random(seed)
     population = range(num_samples)
@@ -85,6 +119,11 @@ def generate_tasks(
                     index=index,
                     arrival_s=at_s,
                     sample=samples[position * tasks_per_device + index],
+                    deadline_s=(
+                        None
+                        if relative_deadline_s is None
+                        else at_s + relative_deadline_s
+                    ),
                 )
             )
             if arrivals == "poisson":
