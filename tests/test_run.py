@@ -208,3 +208,22 @@ def test_a_run_on_a_local_cifar10_folder(tmp_path: Path) -> None:
     labels = np.frombuffer((folder / "test_batch.bin").read_bytes(), np.uint8)[::3073]
     assert all(task.label == labels[task.sample] for task in tasks)
     assert all(task.matches_unsplit for task in tasks)
+
+
+def test_deadlines_and_priorities_reach_the_base_station(tmp_path: Path) -> None:
+    scenario = _scenario(
+        algorithm="offload-all",
+        scheduler="edf",
+        workload={"tasks_per_device": 6, "period_ms": 40, "deadline_ms": 30},
+    )
+    outcome = run_scenario(scenario, workspace=tmp_path)
+    assert outcome.status == "completed", outcome.reason
+    with ResultStore(outcome.store) as store:
+        summary = summarise(store, outcome.run_id)
+        tasks = store.tasks(outcome.run_id)
+        predictions = store.predictions(outcome.run_id)
+    late = sum(1 for task in tasks if task.delay_s > 0.030)
+    assert summary.deadline_misses == late
+    # d3's link alone (40 ms) breaks a 30 ms deadline for every one of its tasks.
+    assert late >= 6
+    assert len(predictions) == 18

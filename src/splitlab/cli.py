@@ -40,7 +40,6 @@ from splitlab.scenario import Scenario, load_scenario
 from splitlab.schedule import SCHEDULERS
 from splitlab.testbed import teardown
 from splitlab.weights import load_trained
-from splitlab.workload import generate_tasks
 
 # Wide enough for the summary table when the output is not a terminal.
 console = Console(width=max(Console().width, 110))
@@ -289,8 +288,11 @@ def _print_summary(summary: RunSummary) -> None:
         )
     else:
         checked = f"{tasks - summary.verified} of {tasks} tasks not verified"
+    missed = ""
+    if summary.deadline_misses is not None:
+        missed = f"; {summary.deadline_misses} of {tasks} tasks missed the deadline"
     console.print(
-        f"{checked}; accuracy {accuracy}; CPU limits by "
+        f"{checked}; accuracy {accuracy}{missed}; CPU limits by "
         f"{', '.join(summary.limit_mechanisms) or '-'}"
     )
     if run.reason:
@@ -443,17 +445,11 @@ def plan(
         device_profiles=device_profiles,
         bs_profile=bs_profile,
         links={device.name: device.link.spec() for device in loaded.devices},
-        tasks=generate_tasks(
-            [device.name for device in loaded.devices],
-            tasks_per_device=loaded.workload.tasks_per_device,
-            period_s=loaded.workload.period_ms / 1e3,
-            arrivals=loaded.workload.arrivals,
-            num_samples=len(data.labels),
-            seed=loaded.seed,
-        ),
+        tasks=loaded.tasks(num_samples=len(data.labels)),
         scheduler=loaded.scheduler,
         workers=loaded.base_station.workers,
         device_memory_bytes={d.name: d.memory_bytes for d in loaded.devices},
+        priorities={d.name: d.priority for d in loaded.devices},
     )
     result = make_plan(loaded.algorithm, problem)
     console.print(f"profiles: {source}")

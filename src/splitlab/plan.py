@@ -44,7 +44,7 @@ import logging
 import operator
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol, SupportsIndex
@@ -130,6 +130,9 @@ class PlanningProblem:
         :func:`splitlab.search.objective_value`.
     seed:
         Seeds the randomised algorithms (``annealing``, ``genetic``).
+    priorities:
+        Each device's static priority for the ``priority`` scheduler (lower
+        runs first); a device left out has priority 0.
 
     Raises
     ------
@@ -149,10 +152,11 @@ class PlanningProblem:
     device_memory_bytes: Mapping[str, int]
     objective: Objective = "total"
     seed: int = 0
+    priorities: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Freeze the mappings and check that the problem is consistent."""
-        for name in ("device_profiles", "links", "device_memory_bytes"):
+        for name in ("device_profiles", "links", "device_memory_bytes", "priorities"):
             frozen = MappingProxyType(dict(getattr(self, name)))
             object.__setattr__(self, name, frozen)
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -232,6 +236,7 @@ class PlanningProblem:
             links=self.links,
             scheduler=self.scheduler,
             workers=self.workers,
+            priorities=self.priorities,
         )
 
 

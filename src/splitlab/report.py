@@ -85,6 +85,9 @@ class RunSummary:
         Share of tasks whose prediction equals the sample's label.
     limit_mechanisms:
         The CPU limit mechanisms the devices ran under.
+    deadline_misses:
+        Tasks that took longer than the scenario's ``workload.deadline_ms``,
+        or ``None`` when the scenario sets no deadline.
     """
 
     run: RunRecord
@@ -93,6 +96,7 @@ class RunSummary:
     matched: int
     accuracy: float | None
     limit_mechanisms: tuple[str, ...]
+    deadline_misses: int | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -171,7 +175,16 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
             else None
         ),
         limit_mechanisms=tuple(mechanisms),
+        deadline_misses=_deadline_misses(run, tasks),
     )
+
+
+def _deadline_misses(run: RunRecord, tasks: Sequence[TaskRecord]) -> int | None:
+    workload = (yaml.safe_load(run.scenario_yaml) or {}).get("workload") or {}
+    deadline_ms = workload.get("deadline_ms")
+    if deadline_ms is None:
+        return None
+    return sum(1 for task in tasks if task.delay_s * 1e3 > float(deadline_ms))
 
 
 # Comparisons of several runs -------------------------------------------------

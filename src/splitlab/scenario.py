@@ -27,6 +27,7 @@ from pydantic import (
 
 from splitlab.errors import ConfigError
 from splitlab.link import LinkSpec
+from splitlab.workload import TaskSpec, generate_tasks
 
 DEFAULT_SCENARIO = "default"
 
@@ -75,6 +76,8 @@ class DeviceConfig(_Strict):
     device_class: Literal["rpi4", "rpi3"] | None = Field(default=None, alias="class")
     cpu_share: Annotated[float, Field(gt=0, le=64)] | None = None
     memory_mb: Annotated[int, Field(gt=0, le=2**30, strict=True)] | None = None
+    # Static priority for the priority scheduler: lower runs first.
+    priority: Annotated[int, Field(ge=-1000, le=1000, strict=True)] = 0
     link: LinkConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -130,6 +133,9 @@ class WorkloadConfig(_Strict):
     tasks_per_device: Annotated[int, Field(ge=1, le=100_000, strict=True)] = 20
     period_ms: Annotated[float, Field(gt=0, le=3_600_000)] = 250.0
     arrivals: Literal["periodic", "poisson"] = "periodic"
+    # Each task must finish within this long of its arrival; the edf
+    # scheduler orders by it, and summaries count the misses.
+    deadline_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = None
 
 
 class ProfilingConfig(_Strict):
@@ -211,6 +217,21 @@ class Scenario(_Strict):
         """The scenario as YAML that :func:`parse_scenario` reads back."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return yaml.safe_dump(data, sort_keys=False)
+
+    def tasks(self, *, num_samples: int) -> tuple[TaskSpec, ...]:
+        """The scenario's workload: every device's tasks, seeded."""
+        workload = self.workload
+        return generate_tasks(
+            [device.name for device in self.devices],
+            tasks_per_device=workload.tasks_per_device,
+            period_s=workload.period_ms / 1e3,
+            arrivals=workload.arrivals,
+            num_samples=num_samples,
+            seed=self.seed,
+            relative_deadline_s=(
+                None if workload.deadline_ms is None else workload.deadline_ms / 1e3
+            ),
+        )
 
     def fingerprint(self) -> str:
         """A short hash of the scenario's content."""

@@ -50,7 +50,7 @@ from splitlab.schedule import Job, Scheduler, make_scheduler
 from splitlab.verification import verify_run
 from splitlab.weights import load_trained
 from splitlab.wire import Channel, Message, MessageKind, decode_tensor
-from splitlab.workload import TaskSpec, generate_tasks
+from splitlab.workload import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ class BaseStation:
         self.model: StagedModel | None = None
         self.data: Dataset | None = None
         self._bs_stage_s: tuple[float, ...] = ()
+        self._priorities = {d.name: d.priority for d in self.scenario.devices}
 
     # Events ----------------------------------------------------------------
 
@@ -401,14 +402,7 @@ class BaseStation:
     ) -> Plan:
         scenario = self.scenario
         assert self.data is not None
-        tasks = generate_tasks(
-            [device.name for device in scenario.devices],
-            tasks_per_device=scenario.workload.tasks_per_device,
-            period_s=scenario.workload.period_ms / 1e3,
-            arrivals=scenario.workload.arrivals,
-            num_samples=len(self.data.labels),
-            seed=scenario.seed,
-        )
+        tasks = scenario.tasks(num_samples=len(self.data.labels))
         self._tasks = {task.task_id: task for task in tasks}
         problem = PlanningProblem(
             device_profiles=profiles,
@@ -420,6 +414,7 @@ class BaseStation:
             device_memory_bytes={
                 device.name: device.memory_bytes for device in scenario.devices
             },
+            priorities={device.name: device.priority for device in scenario.devices},
         )
         plan = make_plan(scenario.algorithm, problem)
         predictions = [
@@ -683,6 +678,8 @@ class BaseStation:
                     release_s=received_at - self._start_at,
                     # The scheduler ranks jobs by the BS profile's estimate.
                     stage_s=self._bs_stage_s[cut:],
+                    deadline_s=task.deadline_s,
+                    priority=self._priorities[device.name],
                 )
             )
             self._lock.notify_all()
