@@ -32,7 +32,7 @@ from splitlab.experiment import (
     run_scenario,
 )
 from splitlab.models import MODELS, build_model
-from splitlab.plan import ALGORITHMS, PlanningProblem, make_plan
+from splitlab.plan import ALGORITHMS, Algorithm, PlanningProblem, make_plan
 from splitlab.profile import NodeProfile, StageProfile, profile_model
 from splitlab.report import RunSummary, summarise
 from splitlab.results import ResultStore
@@ -301,8 +301,10 @@ def _print_summary(summary: RunSummary) -> None:
 
 @main.command()
 @click.argument("run_id", type=int, required=False)
+@click.option("--tasks", "per_task", is_flag=True,
+              help="Also list every task, measured beside predicted.")  # fmt: skip
 @_workspace_option
-def summary(run_id: int | None, workspace: Path | None) -> None:
+def summary(run_id: int | None, per_task: bool, workspace: Path | None) -> None:
     """Print the summary of RUN_ID (the latest run when omitted)."""
     path = (workspace or default_workspace()) / "results.sqlite"
     if not path.exists():
@@ -311,7 +313,33 @@ def summary(run_id: int | None, workspace: Path | None) -> None:
         chosen = run_id if run_id is not None else store.latest_run_id()
         if chosen is None:
             raise ConfigError(f"{path} holds no runs")
+        if per_task:
+            _print_tasks(store, chosen)
         _print_summary(summarise(store, chosen))
+
+
+def _print_tasks(store: ResultStore, run_id: int) -> None:
+    predicted = {p.task_id: p for p in store.predictions(run_id)}
+    table = Table("task", "device", "k", "measured ms", "predicted ms", "error",
+                  "device ms", "link ms", "BS wait ms", "BS ms", "same as whole",
+                  box=box.SIMPLE_HEAD, title_justify="left",
+                  title=f"run {run_id}: every task, measured parts; predicted "
+                  "total beside measured")  # fmt: skip
+    for task in store.tasks(run_id):
+        guess = predicted.get(task.task_id)
+        error = (
+            f"{(guess.delay_s - task.delay_s) / task.delay_s:+.0%}"
+            if guess is not None and task.delay_s > 0
+            else "-"
+        )
+        same = {None: "-", True: "yes", False: "NO"}[task.matches_unsplit]
+        table.add_row(
+            str(task.task_id), task.device, str(task.cut), _ms(task.delay_s),
+            _ms(guess.delay_s) if guess else "-", error,
+            _ms(task.device_wait_s + task.device_s), _ms(task.transmission_s),
+            _ms(task.bs_wait_s), _ms(task.bs_s), same,
+        )  # fmt: skip
+    console.print(table)
 
 
 @main.group()
@@ -408,17 +436,28 @@ def _print_profile(result: NodeProfile) -> None:
     console.print(table)
 
 
+_planning_options = [
+    click.argument("scenario", required=False),
+    click.option(
+        "--algorithm",
+        default=None,
+        help="A registered algorithm (see 'splitlab algorithms'), FILE.py:NAME "
+        "for your own, or entrypoint:NAME.",
+    ),
+    click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None),
+    click.option("--tasks", type=click.IntRange(min=1), default=None),
+    _workspace_option,
+]
+
+
+def _with_planning_options(command: Any) -> Any:
+    for option in reversed(_planning_options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.argument("scenario", required=False)
-@click.option(
-    "--algorithm",
-    default=None,
-    help="A registered algorithm (see 'splitlab algorithms'), FILE.py:NAME for "
-    "your own, or entrypoint:NAME.",
-)
-@click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None)
-@click.option("--tasks", type=click.IntRange(min=1), default=None)
-@_workspace_option
+@_with_planning_options
 def plan(
     *,
     scenario: str | None,
@@ -434,6 +473,69 @@ def plan(
     this machine's divided by the device's CPU share.
     """
     loaded = _scenario(scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks)
+    _predict(loaded, workspace, algorithm=loaded.algorithm, per_task=False)
+
+
+@main.command()
+@_with_planning_options
+@click.option(
+    "--cuts",
+    default=None,
+    help="Play this scheme instead of planning one: DEVICE=K,DEVICE=K,...",
+)
+@click.option("--per-task", is_flag=True, help="Print every task's prediction.")
+def simulate(
+    *,
+    scenario: str | None,
+    algorithm: str | None,
+    scheduler: str | None,
+    tasks: int | None,
+    workspace: Path | None,
+    cuts: str | None,
+    per_task: bool,
+) -> None:
+    """Predict every task's delay for SCENARIO with the discrete-event simulator.
+
+    The scheme is the scenario's algorithm's, or the one given with --cuts;
+    profiles come from where 'splitlab plan' takes them.
+    """
+    loaded = _scenario(scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks)
+    chosen: str | Algorithm = loaded.algorithm
+    if cuts is not None:
+        chosen = FixedScheme(_parse_cuts(cuts))
+    _predict(loaded, workspace, algorithm=chosen, per_task=per_task)
+
+
+class FixedScheme:
+    """A scheme given by hand: the same cuts whatever the problem."""
+
+    name = "given cuts"
+
+    def __init__(self, cuts: dict[str, int]) -> None:
+        self.cuts = cuts
+
+    def __call__(self, problem: PlanningProblem) -> dict[str, int]:
+        """Return the given cuts (make_plan checks them)."""
+        return dict(self.cuts)
+
+
+def _parse_cuts(text: str) -> dict[str, int]:
+    cuts = {}
+    for part in text.split(","):
+        device, equals, cut = part.partition("=")
+        if not equals or not cut.strip().lstrip("-").isdigit():
+            raise ConfigError(f"--cuts: {part!r} is not DEVICE=K (K a whole number)")
+        cuts[device.strip()] = int(cut)
+    return cuts
+
+
+def _predict(
+    loaded: Scenario,
+    workspace: Path | None,
+    *,
+    algorithm: str | Algorithm,
+    per_task: bool,
+) -> None:
     bs_profile, device_profiles, source = _planning_profiles(loaded, workspace)
     data = load_held_out(
         loaded.data.dataset,
@@ -451,22 +553,13 @@ def plan(
         device_memory_bytes={d.name: d.memory_bytes for d in loaded.devices},
         priorities={d.name: d.priority for d in loaded.devices},
     )
-    result = make_plan(loaded.algorithm, problem)
+    result = make_plan(algorithm, problem)
     console.print(f"profiles: {source}")
     table = Table(
         title=f"plan by {result.algorithm} ({loaded.scheduler})", title_justify="left"
     )
-    for header in (
-        "device",
-        "cut",
-        "after stage",
-        "mean ms",
-        "max ms",
-        "device ms",
-        "link ms",
-        "BS wait ms",
-        "BS ms",
-    ):
+    for header in ("device", "cut", "after stage", "mean ms", "max ms",
+                   "device ms", "link ms", "BS wait ms", "BS ms"):  # fmt: skip
         table.add_column(header, justify="left" if header == "device" else "right")
     for device, cut in result.cuts.items():
         own = [p for p in result.predictions if p.device == device]
@@ -483,9 +576,28 @@ def plan(
             _ms(sum(p.bs_s for p in own) / count),
         )
     console.print(table)
+    if per_task:
+        tasks_table = Table("task", "device", "arrival ms", "delay ms", "device ms",
+                            "link ms", "BS wait ms", "BS ms", "deadline",
+                            box=box.SIMPLE_HEAD)  # fmt: skip
+        for p in result.predictions:
+            met = (
+                "-"
+                if p.met_deadline is None
+                else ("met" if p.met_deadline else "missed")
+            )
+            tasks_table.add_row(
+                str(p.task_id), p.device, _ms(p.arrival_s), _ms(p.delay_s),
+                _ms(p.device_wait_s + p.device_s), _ms(p.transmission_s),
+                _ms(p.bs_wait_s), _ms(p.bs_s), met,
+            )  # fmt: skip
+        console.print(tasks_table)
+    missed = [p for p in result.predictions if p.met_deadline is False]
+    deadlines = [p for p in result.predictions if p.met_deadline is not None]
     console.print(
-        f"predicted mean delay {_ms(result.mean_delay_s)} ms, total "
-        f"{result.total_delay_s:.3f} s"
+        f"predicted mean delay {_ms(result.mean_delay_s)} ms, max "
+        f"{_ms(result.max_delay_s)} ms, total {result.total_delay_s:.3f} s"
+        + (f"; {len(missed)} of {len(deadlines)} deadlines missed" if deadlines else "")
     )
 
 
