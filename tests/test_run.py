@@ -227,3 +227,21 @@ def test_deadlines_and_priorities_reach_the_base_station(tmp_path: Path) -> None
     # d3's link alone (40 ms) breaks a 30 ms deadline for every one of its tasks.
     assert late >= 6
     assert len(predictions) == 18
+
+
+def test_a_user_algorithm_file_runs_end_to_end(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "docs" / "examples" / "my_algorithm.py"
+    scenario = _scenario(
+        algorithm=f"{example}:slowest_offload",
+        workload={"tasks_per_device": 3, "period_ms": 60},
+    )
+    outcome = run_scenario(scenario, workspace=tmp_path)
+    assert outcome.status == "completed", outcome.reason
+    with ResultStore(outcome.store) as store:
+        cuts = store.cuts(outcome.run_id)
+        run = store.run(outcome.run_id)
+        assert len(store.tasks(outcome.run_id)) == 9
+    # The slower half of the three devices (one) offloads; the others run the
+    # whole model, as far as their memory allows (all of it here).
+    assert sorted(cuts.values()) == [0, 11, 11]
+    assert run.algorithm.endswith("my_algorithm.py:slowest_offload")
