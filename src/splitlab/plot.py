@@ -119,14 +119,26 @@ def _busiest_window(
 
 
 def schedule_figure(
-    slices: Sequence[SliceRecord], devices: Sequence[str], *, workers: int
+    slices: Sequence[SliceRecord],
+    devices: Sequence[str],
+    *,
+    workers: int,
+    offloaded: int = 0,
 ) -> Figure:
     """The BS schedule as a Gantt chart: one row per worker, bars by device.
 
     The top panel is the whole run; the bottom one zooms into the busiest
-    stretch, where the order the scheduler chose can be read.
+    stretch, where the order the scheduler chose can be read.  ``offloaded``
+    counts the tasks that reached the BS, to tell "ran nothing" from "did not
+    record its schedule".
     """
     figure = Figure(figsize=(9, 5.2), layout="constrained")
+    if not slices and offloaded:
+        return _empty(
+            figure,
+            f"{offloaded} tasks ran at the base station, but this run recorded "
+            "no schedule (it predates schedule recording).",
+        )
     if not slices:
         return _empty(
             figure,

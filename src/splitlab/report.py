@@ -756,7 +756,12 @@ def run_report_html(store: ResultStore, run_id: int) -> str:
             "waiting at the BS and BS compute (ms).",
         ),
         "schedule": (
-            plot.schedule_figure(slices, devices, workers=workers),
+            plot.schedule_figure(
+                slices,
+                devices,
+                workers=workers,
+                offloaded=sum(1 for task in tasks if task.cut < len(stage_names)),
+            ),
             "The BS schedule: every slice a worker ran, coloured by device.",
         ),
         "cdf": (
