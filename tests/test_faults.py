@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from splitlab.errors import ConfigError
 from splitlab.experiment import run_scenario
 from splitlab.limit import detect_capabilities
 from splitlab.results import ResultStore
@@ -260,3 +261,38 @@ def test_a_cut_link_reconnects_and_no_task_is_lost_or_doubled(tmp_path: Path) ->
         tasks = store.tasks(outcome.run_id)
     assert sorted(task.task_id for task in tasks) == list(range(24))
     assert all(task.matches_unsplit for task in tasks)
+
+
+def test_an_interrupted_run_resumes_and_ends_complete(tmp_path: Path) -> None:
+    testbeds: list[LocalTestbed] = []
+
+    def kill_station(event: dict[str, Any]) -> None:
+        if event["event"] == "task" and event["node"] == "d2" and event["done"] == 4:
+            station = testbeds[0].station
+            assert station is not None
+            os.kill(station.pid, signal.SIGKILL)
+
+    scenario = _scenario(15, 50)
+    first = run_scenario(scenario, workspace=tmp_path, on_event=kill_station,
+                         on_started=testbeds.append)  # fmt: skip
+    assert first.status == "incomplete"
+    with ResultStore(first.store) as store:
+        before = {task.task_id for task in store.tasks(first.run_id)}
+    assert 4 <= len(before) < 30
+
+    from splitlab.experiment import resumable
+
+    resumed = resumable(tmp_path, first.run_id)
+    assert resumed == scenario
+    second = run_scenario(resumed, workspace=tmp_path, resume=first.run_id)
+    assert second.run_id == first.run_id
+    assert second.status == "completed", second.reason
+    with ResultStore(second.store) as store:
+        tasks = store.tasks(first.run_id)
+        assert store.runs()[-1].run_id == first.run_id  # no new run was made
+    assert sorted(task.task_id for task in tasks) == list(range(30))
+    assert before <= {task.task_id for task in tasks}
+    assert all(task.matches_unsplit for task in tasks)
+
+    with pytest.raises(ConfigError, match=f"run {first.run_id} is already complete"):
+        resumable(tmp_path, first.run_id)

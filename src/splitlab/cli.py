@@ -29,10 +29,17 @@ from splitlab.experiment import (
     default_workspace,
     mark_abandoned,
     prepare_weights,
+    resumable,
     run_scenario,
 )
 from splitlab.models import MODELS, build_model
-from splitlab.plan import ALGORITHMS, Algorithm, PlanningProblem, make_plan
+from splitlab.plan import (
+    ALGORITHMS,
+    Algorithm,
+    FixedScheme,
+    PlanningProblem,
+    make_plan,
+)
 from splitlab.profile import NodeProfile, StageProfile, profile_model
 from splitlab.report import RunSummary, summarise
 from splitlab.results import ResultStore
@@ -130,9 +137,17 @@ _workspace_option = click.option(
     type=click.Choice(["cgroup-v2", "cgroup-v1", "cpulimit", "sigstop"]),
     help="Force a CPU limit mechanism (default: the best available).",
 )
+@click.option(
+    "--resume",
+    type=int,
+    default=None,
+    metavar="RUN",
+    help="Continue the incomplete run RUN: its unfinished tasks only.",
+)
 @_workspace_option
 def run(
     *,
+    resume: int | None,
     scenario: str | None,
     algorithm: str | None,
     scheduler: str | None,
@@ -142,9 +157,17 @@ def run(
     workspace: Path | None,
 ) -> None:
     """Run SCENARIO (a YAML file; the bundled default when omitted)."""
-    loaded = _scenario(
-        scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
-    )
+    if resume is not None:
+        if scenario or algorithm or scheduler or tasks or data:
+            raise ConfigError(
+                "--resume continues a run with its own scenario: give no "
+                "scenario, --algorithm, --scheduler, --tasks or --data with it"
+            )
+        loaded = resumable(workspace, resume)
+    else:
+        loaded = _scenario(
+            scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
+        )
     console.print(
         f"[bold]{loaded.name}[/]: {_count(len(loaded.devices), 'device')}, model "
         f"{loaded.model}, algorithm {loaded.algorithm}, scheduler {loaded.scheduler}"
@@ -194,6 +217,7 @@ def run(
             on_event=on_event,
             progress=True,
             limit_mechanism=limit_mechanism,
+            resume=resume,
         )
     weights = outcome.weights
     source = "trained now" if weights.trained_now else "cached"
@@ -504,19 +528,6 @@ def simulate(
     if cuts is not None:
         chosen = FixedScheme(_parse_cuts(cuts))
     _predict(loaded, workspace, algorithm=chosen, per_task=per_task)
-
-
-class FixedScheme:
-    """A scheme given by hand: the same cuts whatever the problem."""
-
-    name = "given cuts"
-
-    def __init__(self, cuts: dict[str, int]) -> None:
-        self.cuts = cuts
-
-    def __call__(self, problem: PlanningProblem) -> dict[str, int]:
-        """Return the given cuts (make_plan checks them)."""
-        return dict(self.cuts)
 
 
 def _parse_cuts(text: str) -> dict[str, int]:

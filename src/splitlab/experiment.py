@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy
 import torch
+import yaml
 
 import splitlab
 from splitlab.data import load_held_out
-from splitlab.errors import TestbedError
+from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
 from splitlab.results import NodeRecord, ResultStore
-from splitlab.scenario import Scenario
+from splitlab.scenario import Scenario, parse_scenario
 from splitlab.station import StationConfig
 from splitlab.testbed import LocalTestbed
 from splitlab.verification import verify_run
@@ -117,6 +118,7 @@ def run_scenario(
     progress: bool = False,
     limit_mechanism: Mechanism | None = None,
     on_started: Callable[[LocalTestbed], None] | None = None,
+    resume: int | None = None,
 ) -> RunOutcome:
     """Run ``scenario`` on the local testbed and record it.
 
@@ -135,20 +137,28 @@ def run_scenario(
         Force a CPU limit mechanism instead of the best available.
     on_started:
         Called with the testbed once every process runs (for fault injection).
+    resume:
+        Continue this incomplete run instead of starting a new one: only its
+        tasks not yet in the store run, with the scheme it had.  Use
+        :func:`resumable` to get the run's own scenario.
     """
     weights = prepare_weights(scenario, progress=progress)
     store_path = (workspace or default_workspace()) / STORE_NAME
     store = ResultStore(store_path)
-    run_id = store.create_run(
-        name=scenario.name,
-        scenario_yaml=scenario.to_yaml(),
-        scenario_hash=scenario.fingerprint(),
-        seed=scenario.seed,
-        algorithm=scenario.algorithm,
-        scheduler=scenario.scheduler,
-        environment=environment(),
-        test_accuracy=weights.test_accuracy,
-    )
+    if resume is None:
+        run_id = store.create_run(
+            name=scenario.name,
+            scenario_yaml=scenario.to_yaml(),
+            scenario_hash=scenario.fingerprint(),
+            seed=scenario.seed,
+            algorithm=scenario.algorithm,
+            scheduler=scenario.scheduler,
+            environment=environment(),
+            test_accuracy=weights.test_accuracy,
+        )
+    else:
+        run_id = resume
+        store.reopen_run(run_id)
     secret = secrets.token_bytes(32)
     testbed = LocalTestbed(
         scenario, prefix=f"r{run_id}p{os.getpid()}", prefer=limit_mechanism
@@ -162,6 +172,7 @@ def run_scenario(
                 scenario_yaml=scenario.to_yaml(),
                 weights=weights.path,
                 secret=secret,
+                resume=resume is not None,
             )
         )
         first = next(events, None)
@@ -208,6 +219,34 @@ def run_scenario(
         weights=weights,
         limit_mechanism=testbed.mechanism,
     )
+
+
+def resumable(workspace: Path | None, run_id: int) -> Scenario:
+    """The scenario of an incomplete run that can be resumed.
+
+    Raises
+    ------
+    ConfigError
+        If there is no such run, it is complete, or it is still running.
+    """
+    path = (workspace or default_workspace()) / STORE_NAME
+    if not path.exists():
+        raise ConfigError(f"no results store at {path}")
+    with ResultStore(path) as store:
+        mark_abandoned(store)
+        record = store.run(run_id)
+        if record.status == "completed":
+            raise ConfigError(f"run {run_id} is already complete")
+        if record.status == "running":
+            raise ConfigError(f"run {run_id} is still running")
+        recorded = len(store.tasks(run_id))
+    scenario = parse_scenario(
+        yaml.safe_load(record.scenario_yaml), source=f"run {run_id}'s scenario"
+    )
+    owed = scenario.workload.tasks_per_device * len(scenario.devices)
+    if recorded >= owed:
+        raise ConfigError(f"run {run_id} already has all {owed} tasks recorded")
+    return scenario
 
 
 def _verify_here(

@@ -314,6 +314,22 @@ class Algorithm(Protocol):
         ...
 
 
+class FixedScheme:
+    """A scheme given by hand: the same cuts whatever the problem.
+
+    :func:`make_plan` checks the cuts like any algorithm's and simulates them,
+    so a hand-made or stored scheme gets its predicted delays.
+    """
+
+    def __init__(self, cuts: Mapping[str, int], *, name: str = "given cuts") -> None:
+        self.cuts = dict(cuts)
+        self.name = name
+
+    def __call__(self, problem: PlanningProblem) -> dict[str, int]:
+        """Return the given cuts."""
+        return dict(self.cuts)
+
+
 class LocalOnlyAlgorithm:
     """Every device runs the whole model: ``k = L``."""
 

@@ -319,6 +319,16 @@ class ResultStore:
                 (time.time(), status, reason, run_id),
             )
 
+    def reopen_run(self, run_id: int) -> None:
+        """Mark an incomplete run running again, to resume it."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = 'running', reason = NULL, finished_at = NULL"
+                " WHERE run_id = ?",
+                (run_id,),
+            )
+        self.record_event(run_id, "bs", "resumed", "{}")
+
     def record_node(self, run_id: int, node: NodeRecord) -> None:
         """Insert or replace a node's row."""
         with self._transaction() as db:

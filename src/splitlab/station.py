@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from splitlab.data import Dataset, load_held_out
 from splitlab.errors import ProtocolError, SplitlabError, TestbedError
 from splitlab.lifetime import die_with_parent
 from splitlab.models import StagedModel
-from splitlab.plan import Plan, PlanningProblem, make_plan
+from splitlab.plan import FixedScheme, Plan, PlanningProblem, make_plan
 from splitlab.profile import NodeProfile, profile_from_dict, profile_model
 from splitlab.results import (
     PredictionRecord,
@@ -92,6 +92,7 @@ class StationConfig:
     secret: bytes
     host: str = "127.0.0.1"
     port: int = 0
+    resume: bool = False
 
     @classmethod
     def from_json(cls, line: str) -> StationConfig:
@@ -106,6 +107,7 @@ class StationConfig:
                 secret=bytes.fromhex(data["secret"]),
                 host=str(data.get("host", "127.0.0.1")),
                 port=int(data.get("port", 0)),
+                resume=bool(data.get("resume", False)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"bad station configuration: {error!r}") from None
@@ -121,6 +123,7 @@ class StationConfig:
                 "secret": self.secret.hex(),
                 "host": self.host,
                 "port": self.port,
+                "resume": self.resume,
             }
         )
 
@@ -403,6 +406,8 @@ class BaseStation:
         scenario = self.scenario
         assert self.data is not None
         tasks = scenario.tasks(num_samples=len(self.data.labels))
+        if self.config.resume:
+            tasks = self._remaining(tasks)
         self._tasks = {task.task_id: task for task in tasks}
         problem = PlanningProblem(
             device_profiles=profiles,
@@ -416,6 +421,14 @@ class BaseStation:
             },
             priorities={device.name: device.priority for device in scenario.devices},
         )
+        if self.config.resume:
+            # A resumed run keeps the scheme and the predictions it started
+            # with; only its remaining tasks run.
+            with self._store_lock:
+                cuts = self.store.cuts(self.config.run_id)
+            plan = make_plan(FixedScheme(cuts, name="resumed"), problem)
+            self._announce(plan, bs_profile)
+            return plan
         plan = make_plan(scenario.algorithm, problem)
         predictions = [
             PredictionRecord(
@@ -435,6 +448,11 @@ class BaseStation:
         ]
         with self._store_lock:
             self.store.record_plan(self.config.run_id, plan.cuts, predictions)
+        self._announce(plan, bs_profile)
+        return plan
+
+    def _announce(self, plan: Plan, bs_profile: NodeProfile) -> None:
+        self._plan = plan
         self.emit(
             "plan",
             algorithm=plan.algorithm,
@@ -442,8 +460,25 @@ class BaseStation:
             predicted_mean_s=plan.mean_delay_s,
             stage_names=[stage.name for stage in bs_profile.stages],
         )
-        self._plan = plan
-        return plan
+
+    def _remaining(self, tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+        """The tasks a resumed run still owes, moved to start at once."""
+        with self._store_lock:
+            done = {task.task_id for task in self.store.tasks(self.config.run_id)}
+        remaining = [task for task in tasks if task.task_id not in done]
+        if not remaining:
+            return ()
+        offset_s = min(task.arrival_s for task in remaining)
+        return tuple(
+            replace(
+                task,
+                arrival_s=task.arrival_s - offset_s,
+                deadline_s=None
+                if task.deadline_s is None
+                else task.deadline_s - offset_s,
+            )
+            for task in remaining
+        )
 
     def _execute(self, plan: Plan) -> None:
         for device in self._devices.values():
