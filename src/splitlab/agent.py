@@ -38,6 +38,7 @@ from splitlab.profile import profile_model, profile_to_dict
 from splitlab.shaping import ShapedSender
 from splitlab.weights import load_trained
 from splitlab.wire import (
+    DONE_KEY,
     Channel,
     ConnectionClosed,
     Message,
@@ -248,10 +249,6 @@ class DeviceAgent:
                 uplink.send(int(task_id), kind, header, output.tobytes())
         uplink.send(DONE_KEY, MessageKind.DONE, {"tasks": len(tasks)}, b"")
         return uplink.wait_for_bye()
-
-
-# The key of the DONE message among a device's unacknowledged messages.
-DONE_KEY = -1
 
 
 class _Uplink:

@@ -49,7 +49,7 @@ from splitlab.scenario import Scenario, parse_scenario
 from splitlab.schedule import Job, Scheduler, make_scheduler
 from splitlab.verification import verify_run
 from splitlab.weights import load_trained
-from splitlab.wire import Channel, Message, MessageKind, decode_tensor
+from splitlab.wire import DONE_KEY, Channel, Message, MessageKind, decode_tensor
 from splitlab.workload import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -63,14 +63,14 @@ START_DELAY_S = 0.5
 # that have not finished are declared hung.
 RUN_SLACK_FACTOR = 3.0
 RUN_SLACK_S = 60.0
+# A device silent for longer than max(MIN_SILENCE_S, SILENCE_PERIODS arrival
+# periods + SILENCE_FACTOR x the longest predicted delay) is declared hung.
 MIN_SILENCE_S = 10.0
+SILENCE_PERIODS = 10
+SILENCE_FACTOR = 3.0
 # A device whose connection dropped has this long to reconnect (its agent
 # gives up after 10 s of backoff).
 RECONNECT_GRACE_S = 12.0
-# The key a device's DONE message is acknowledged under.
-DONE_KEY = -1
-SILENCE_PERIODS = 10
-SILENCE_FACTOR = 3.0
 
 
 def connect_timeout_s() -> float:

@@ -130,6 +130,11 @@ class MessageKind(enum.IntEnum):
     ACK = 17
 
 
+# ACK messages name what they acknowledge by a key: a task's id, or this
+# for a device's DONE.
+DONE_KEY = -1
+
+
 # Named as the runtime knows it, hence without an "Error" suffix.
 class ConnectionClosed(ProtocolError, ConnectionError):  # noqa: N818
     """The peer closed the connection, between frames or inside one (truncated)."""
