@@ -62,7 +62,9 @@ def test_one_way_time_is_latency_plus_size_over_rate(
     spec = LinkSpec(latency_s=0.020, rate_bps=rate_bps)
     with ShapedSender(client, spec, seed=1) as sender:
         samples = [one_way_s(sender, server, size_bytes) for _ in range(5)]
-    measured_s = statistics.median(elapsed for elapsed, _ in samples)
+    # The best of five: a busy machine can only make a message late, while an
+    # emulation error would show in every repeat.
+    measured_s = min(elapsed for elapsed, _ in samples)
     frame_bytes = samples[0][1].size_bytes
     assert size_bytes < frame_bytes < size_bytes + 100
     expected_s = spec.transfer_s(frame_bytes)

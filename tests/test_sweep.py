@@ -107,7 +107,7 @@ def test_paths_set_every_device_one_by_position_and_one_by_name() -> None:
         ("devices[d9].cpu_share", 1, r"named 'd9' \(names: d1, d2\)"),
         ("workload[*].period_ms", 1, r"'workload' is not a list"),
         ("workload.perod_ms", 1, r"workload\.perod_ms: unknown key"),
-        ("devices[*].link.rate_mbps", -1, r"greater than 0 \(got -1\)"),
+        ("devices[*].link.rate_mbps", -1, r"greater than or equal to 0.001 \(got -1\)"),
         ("seed.x", 1, r"'x' is inside a value"),
     ],
 )  # fmt: skip

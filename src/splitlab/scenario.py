@@ -287,7 +287,12 @@ def _describe(error: ValidationError, source: str) -> str:
     first = problems[0]
     location = ""
     for part in first["loc"]:
-        location += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            location += f"[{part}]"
+        else:
+            # A key with a newline or other control character is shown quoted,
+            # so the message stays on one line.
+            location += f".{part}" if part.isprintable() else f".{part!r}"
     location = location.lstrip(".") or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
