@@ -5,15 +5,22 @@ tensor in and one tensor out.  Cut ``k`` runs stages ``1..k`` on the device and
 ``k+1..L`` on the base station; :meth:`StagedModel.run` executes any
 contiguous range of stages, so a head and a tail are the same weights as the
 whole model.
+
+The two AlexNets are written as stages by hand; the rest of :data:`MODELS`
+are plain modules cut into stages by :mod:`splitlab.graph` (see
+``docs/models.md``).
 """
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from splitlab.errors import ConfigError
 
@@ -93,11 +100,16 @@ class ModelInfo:
         One line for listings.
     build:
         Builds the model with freshly initialised weights.
+    module:
+        For a model cut by :mod:`splitlab.graph`: builds the plain
+        ``nn.Module`` it is cut from (the same parameter names, without the
+        ``stages.{i}.`` prefix).  ``None`` for a model built as stages by hand.
     """
 
     name: str
     description: str
     build: Callable[[int], StagedModel]
+    module: Callable[[int], nn.Module] | None = None
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Module:
@@ -146,6 +158,276 @@ def build_alexnet_small(classes: int = 10) -> StagedModel:
     return _cnn("alexnet-small", (16, 48, 96, 64, 64), 512, classes)
 
 
+# The zoo below is built from plain modules and cut by splitlab.graph, so its
+# stages are the units of each module: a conv block, a residual block, a layer.
+
+_CIFAR_INPUT = (3, 32, 32)
+
+
+def _graph_model(
+    name: str, description: str, module: Callable[[int], nn.Module]
+) -> ModelInfo:
+    """A registry entry whose stages are cut from ``module`` by splitlab.graph."""
+
+    def build(classes: int) -> StagedModel:
+        # splitlab.graph builds on StagedModel, so it is imported when used.
+        from splitlab.graph import staged_from_module
+
+        return staged_from_module(name, module(classes), input_shape=_CIFAR_INPUT)
+
+    return ModelInfo(name, description, build, module)
+
+
+class _ConvUnit(nn.Module):
+    """Convolution, optional batch norm, ReLU: one stage of a plain CNN."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        batch_norm: bool,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            bias=not batch_norm,
+        )
+        self.bn = nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.relu(self.bn(self.conv(x)))
+
+
+class _LinearUnit(nn.Module):
+    """Dropout, linear layer, ReLU: one hidden layer of a classifier."""
+
+    def __init__(self, in_features: int, out_features: int, *, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.relu(self.linear(self.dropout(x)))
+
+
+def _plain_cnn(
+    widths: Sequence[int | str], hidden: int, classes: int, *, batch_norm: bool
+) -> nn.Sequential:
+    """Conv units (an int is a width) and 2x2 max pools (``"M"``), then a head.
+
+    Each pool halves the 32x32 input; the head flattens and applies one hidden
+    layer of ``hidden`` features (none when ``hidden == 0``) and the logits.
+    """
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    channels, side, convs, pools = 3, 32, 0, 0
+    for width in widths:
+        if isinstance(width, str):
+            pools += 1
+            side //= 2
+            layers[f"pool{pools}"] = nn.MaxPool2d(2)
+        else:
+            convs += 1
+            layers[f"conv{convs}"] = _ConvUnit(channels, width, batch_norm=batch_norm)
+            channels = width
+    layers["flatten"] = nn.Flatten()
+    features = channels * side * side
+    if hidden:
+        layers["fc1"] = _LinearUnit(features, hidden, dropout=0.5)
+        layers["fc2"] = nn.Linear(hidden, classes)
+    else:
+        layers["fc"] = nn.Linear(features, classes)
+    return nn.Sequential(layers)
+
+
+def _cnn_small(classes: int) -> nn.Module:
+    """A small plain CNN: 3 conv units, 3 pools, one linear layer."""
+    return _plain_cnn((16, "M", 32, "M", 64, "M"), 0, classes, batch_norm=False)
+
+
+def _cnn_deep(classes: int) -> nn.Module:
+    """A deeper plain CNN: 9 conv-bn-relu units, 4 pools, 2 linear layers."""
+    widths: tuple[int | str, ...] = (
+        32, 32, "M", 64, 64, "M", 128, 128, 128, "M", 256, 256, "M",
+    )  # fmt: skip
+    return _plain_cnn(widths, 256, classes, batch_norm=True)
+
+
+def _vgg11(classes: int) -> nn.Module:
+    """VGG-11 with batch norm for 32x32 inputs: 8 conv units, 5 pools, a linear."""
+    widths: tuple[int | str, ...] = (
+        64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M",
+    )  # fmt: skip
+    return _plain_cnn(widths, 0, classes, batch_norm=True)
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise, 1x1 linear projection.
+
+    The input is added to the output when the block keeps the shape.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int, expansion: int
+    ) -> None:
+        super().__init__()
+        hidden = in_channels * expansion
+        self.expand = (
+            nn.Sequential(
+                nn.Conv2d(in_channels, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(),
+            )
+            if expansion != 1
+            else nn.Identity()
+        )
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(
+                hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False
+            ),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+        )
+        self.project = nn.Sequential(
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.project(self.depthwise(self.expand(x)))
+        return out + x if self.residual else out
+
+
+class _MobileNetV2(nn.Module):
+    """MobileNetV2 for 32x32 inputs.
+
+    The stem and the first 24-channel block keep stride 1 (the ImageNet model
+    uses 2 for both), so the last blocks still see 4x4 maps.
+    """
+
+    # (expansion, output channels, blocks, stride of the first block)
+    SETTINGS = (
+        (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
+        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    )  # fmt: skip
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.stem = _ConvUnit(3, 32, batch_norm=True)
+        blocks: list[nn.Module] = []
+        channels = 32
+        for expansion, out_channels, count, stride in self.SETTINGS:
+            for index in range(count):
+                blocks.append(
+                    _InvertedResidual(
+                        channels,
+                        out_channels,
+                        stride=stride if index == 0 else 1,
+                        expansion=expansion,
+                    )
+                )
+                channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.last = _ConvUnit(channels, 1280, batch_norm=True, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(1280, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.last(self.blocks(self.stem(x)))
+        logits: torch.Tensor = self.fc(self.flatten(self.pool(out)))
+        return logits
+
+
+class _PadShortcut(nn.Module):
+    """ResNet's option-A shortcut: every second pixel, new channels zero.
+
+    It has no parameters: the input is subsampled by 2 in both directions and
+    zero channels are added on both sides to reach the block's width.
+    """
+
+    def __init__(self, extra_channels: int) -> None:
+        super().__init__()
+        self.extra_channels = extra_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before = self.extra_channels // 2
+        after = self.extra_channels - before
+        return functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, before, after))
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-bn layers and an identity or option-A shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, *, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = (
+            _PadShortcut(planes - in_planes)
+            if stride != 1 or in_planes != planes
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = functional.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return functional.relu(out + self.shortcut(x))
+
+
+class _CifarResNet(nn.Module):
+    """The CIFAR ResNet of He et al. (2016).
+
+    A 16-channel stem, three stages of ``n`` basic blocks at 16, 32 and 64
+    channels (the first block of stages 2 and 3 has stride 2), a global
+    average pool and a linear layer; depth ``6n + 2``.  Parameter names
+    follow the common PyTorch layout of this design (``conv1``, ``bn1``,
+    ``layer{1,2,3}.{i}.{conv,bn}{1,2}``, ``linear``), so published
+    checkpoints load by renaming alone (see ``docs/models.md``).
+    """
+
+    def __init__(self, n: int, classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._stage(16, 16, n, stride=1)
+        self.layer2 = self._stage(16, 32, n, stride=2)
+        self.layer3 = self._stage(32, 64, n, stride=2)
+        self.linear = nn.Linear(64, classes)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, n: int, *, stride: int) -> nn.Sequential:
+        blocks = [_BasicBlock(in_planes, planes, stride=stride)]
+        blocks += [_BasicBlock(planes, planes, stride=1) for _ in range(n - 1)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = functional.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = functional.adaptive_avg_pool2d(out, 1)
+        logits: torch.Tensor = self.linear(torch.flatten(out, 1))
+        return logits
+
+
+def _mlp(classes: int) -> nn.Module:
+    """Flatten and three linear layers (3072-512-256-classes)."""
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            fc1=_LinearUnit(3 * 32 * 32, 512, dropout=0.0),
+            fc2=_LinearUnit(512, 256, dropout=0.0),
+            fc3=nn.Linear(256, classes),
+        )
+    )
+
+
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
@@ -158,6 +440,31 @@ MODELS: dict[str, ModelInfo] = {
             "alexnet-small",
             "narrow AlexNet for 32x32x3 images, 11 stages, 0.9M parameters",
             build_alexnet_small,
+        ),
+        _graph_model(
+            "cnn-small", "small plain CNN, 8 stages, 34k parameters", _cnn_small
+        ),
+        _graph_model(
+            "cnn-deep", "deeper plain CNN, 16 stages, 1.6M parameters", _cnn_deep
+        ),
+        _graph_model(
+            "vgg11", "VGG-11 with batch norm, 15 stages, 9.2M parameters", _vgg11
+        ),
+        _graph_model(
+            "mobilenetv2", "MobileNetV2, 22 stages, 2.2M parameters", _MobileNetV2
+        ),
+        _graph_model(
+            "resnet20",
+            "CIFAR ResNet-20 (option-A shortcuts), 15 stages, 0.27M parameters",
+            functools.partial(_CifarResNet, 3),
+        ),
+        _graph_model(
+            "resnet56",
+            "CIFAR ResNet-56 (option-A shortcuts), 33 stages, 0.85M parameters",
+            functools.partial(_CifarResNet, 9),
+        ),
+        _graph_model(
+            "mlp", "flatten and 3 linear layers, 4 stages, 1.7M parameters", _mlp
         ),
     )
 }
