@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +142,68 @@ def test_alexnet_parameter_names_are_unchanged() -> None:
     ]  # fmt: skip
     assert names[-2:] == ["stages.10.weight", "stages.10.bias"]
     assert len(names) == 16
+
+
+USER_MODEL = """
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x + torch.relu(self.inner(x))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def tiny(classes):
+    return Tiny(classes)
+
+
+def flat():
+    return nn.Sequential(nn.Flatten(), nn.Linear(100, 10))
+
+
+def broken(classes):
+    raise RuntimeError("no weights here")
+"""
+
+
+def test_a_user_model_file_becomes_a_staged_model(tmp_path: Path) -> None:
+    source = tmp_path / "mine.py"
+    source.write_text(USER_MODEL)
+    model = build_model(f"{source}:tiny", classes=7).eval()
+    # The residual add keeps "inner" inside one stage with the add after it.
+    assert model.stage_names[0] == "conv"
+    assert "inner" not in model.stage_names
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        whole = model(x)
+        assert whole.shape == (2, 7)
+        for cut in range(model.num_stages + 1):
+            tail = model.run(model.run(x, 0, cut), cut, model.num_stages)
+            torch.testing.assert_close(tail, whole)
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("missing.py:tiny", "model file missing.py does not exist"),
+        ("{dir}/mine.py:nothing", "has no callable 'nothing'"),
+        ("{dir}/mine.py:broken", "raised RuntimeError: no weights here"),
+        ("{dir}/mine.py:flat", "failed on an example input of shape [1, 3, 32, 32]"),
+    ],
+)
+def test_user_model_mistakes_are_named(
+    tmp_path: Path, reference: str, message: str
+) -> None:
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_model(reference.format(dir=tmp_path))

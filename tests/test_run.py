@@ -245,3 +245,29 @@ def test_a_user_algorithm_file_runs_end_to_end(tmp_path: Path) -> None:
     # whole model, as far as their memory allows (all of it here).
     assert sorted(cuts.values()) == [0, 11, 11]
     assert run.algorithm.endswith("my_algorithm.py:slowest_offload")
+
+
+def test_a_user_model_file_runs_end_to_end(tmp_path: Path) -> None:
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "from torch import nn\n\n"
+        "def small(classes):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.MaxPool2d(4), nn.Flatten(),\n"
+        "                         nn.Linear(4 * 8 * 8, classes))\n"
+    )
+    scenario = _scenario(
+        model=f"{source}:small",
+        algorithm="greedy",
+        workload={"tasks_per_device": 3, "period_ms": 60},
+    )
+    outcome = run_scenario(scenario, workspace=tmp_path / "ws")
+    assert outcome.status == "completed", outcome.reason
+    assert outcome.weights.path.name.startswith("mine.small-")
+    with ResultStore(outcome.store) as store:
+        tasks = store.tasks(outcome.run_id)
+        profiles = store.profiles(outcome.run_id)
+    assert len(tasks) == 9
+    assert all(task.matches_unsplit for task in tasks)
+    # Five stages cut from the user's Sequential, profiled on every node.
+    assert {profile.num_stages for profile in profiles.values()} == {5}

@@ -14,15 +14,18 @@ are plain modules cut into stages by :mod:`splitlab.graph` (see
 from __future__ import annotations
 
 import functools
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional
 
 from splitlab.errors import ConfigError
+from splitlab.usercode import import_file, is_reference
 
 
 class StagedModel(nn.Module):
@@ -471,16 +474,67 @@ MODELS: dict[str, ModelInfo] = {
 
 
 def build_model(name: str, *, classes: int = 10) -> StagedModel:
-    """Build a registered model with fresh weights.
+    """Build a registered model, or a user's ``FILE.py:FACTORY``, with fresh weights.
+
+    A user's factory is called with the number of classes (or with nothing if
+    it takes no argument) and returns a :class:`torch.nn.Module` taking one
+    3x32x32 image batch; its stages are cut from its traced graph.
 
     Raises
     ------
     ConfigError
-        If ``name`` is not registered.
+        If ``name`` is neither registered nor a loadable user model.
     """
+    if name not in MODELS and is_reference(name):
+        return _user_model(name, classes)
     try:
         info = MODELS[name]
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise ConfigError(f"unknown model {name!r}; known models: {known}") from None
     return info.build(classes)
+
+
+USER_INPUT_SHAPE = (3, 32, 32)
+
+
+def _user_model(reference: str, classes: int) -> StagedModel:
+    from splitlab.graph import staged_from_module
+
+    source, _, attribute = reference.rpartition(":")
+    factory = getattr(import_file(Path(source), role="model"), attribute, None)
+    if not callable(factory):
+        raise ConfigError(f"model file {source} has no callable {attribute!r}")
+    try:
+        built = factory(classes) if _takes_argument(factory) else factory()
+    except Exception as error:
+        raise ConfigError(
+            f"model factory {reference} raised {type(error).__name__}: {error}"
+        ) from error
+    if isinstance(built, StagedModel):
+        return built
+    if not isinstance(built, nn.Module):
+        raise ConfigError(
+            f"model factory {reference} returned a {type(built).__name__}, "
+            "not a torch.nn.Module"
+        )
+    try:
+        return staged_from_module(reference, built, input_shape=USER_INPUT_SHAPE)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError(
+            f"model {reference} does not take a batch of {USER_INPUT_SHAPE} "
+            f"inputs: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _takes_argument(factory: Callable[..., object]) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        for p in parameters
+    )

@@ -36,13 +36,11 @@ decides a tie; ties go to the larger cut, then to the device first by name.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import operator
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +64,7 @@ from splitlab.search import (
     objective_value,
 )
 from splitlab.simulate import TaskPrediction, simulate
+from splitlab.usercode import import_file, is_reference
 from splitlab.workload import TaskSpec
 
 __all__ = [
@@ -393,8 +392,7 @@ def is_algorithm_reference(text: str) -> bool:
     ``entrypoint:NAME``.  Only its form is checked; the file or entry point
     is looked up by :func:`load_algorithm`.
     """
-    head, _, tail = text.rpartition(":")
-    return bool(head) and bool(tail)
+    return is_reference(text)
 
 
 class _UserAlgorithm:
@@ -472,7 +470,7 @@ def load_algorithm(reference: str) -> Algorithm:
     if source == "entrypoint":
         target = _load_entry_point(attribute)
     else:
-        target = getattr(_import_file(Path(source)), attribute, _MISSING)
+        target = getattr(import_file(Path(source)), attribute, _MISSING)
         if target is _MISSING:
             raise ConfigError(f"algorithm file {source} has no attribute {attribute!r}")
 
@@ -494,33 +492,6 @@ def load_algorithm(reference: str) -> Algorithm:
 
 
 _MISSING = object()
-
-
-def _import_file(path: Path) -> object:
-    """Import the Python file at ``path`` as a fresh module."""
-    if not path.is_file():
-        raise ConfigError(f"algorithm file {path} does not exist or is not a file")
-    resolved = path.resolve()
-    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
-    module_name = f"splitlab_user_algorithm_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, resolved)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"algorithm file {path} cannot be imported as Python")
-    module = importlib.util.module_from_spec(spec)
-    # Registered while it runs, as a normal import is, so that dataclasses
-    # and pickling inside the file can find their module.
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as error:
-        del sys.modules[module_name]
-        if not isinstance(error, Exception):
-            raise
-        raise ConfigError(
-            f"algorithm file {path} raised {type(error).__name__} while "
-            f"importing: {error}"
-        ) from error
-    return module
 
 
 def _load_entry_point(name: str) -> object:

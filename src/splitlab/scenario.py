@@ -27,6 +27,7 @@ from pydantic import (
 
 from splitlab.errors import ConfigError
 from splitlab.link import LinkSpec
+from splitlab.usercode import is_reference
 from splitlab.workload import TaskSpec, generate_tasks
 
 DEFAULT_SCENARIO = "default"
@@ -185,6 +186,9 @@ class Scenario(_Strict):
     def _known_model(cls, value: str) -> str:
         from splitlab.models import MODELS
 
+        # A user model (file.py:factory) is imported where the model is built.
+        if value not in MODELS and is_reference(value):
+            return value
         return _known("model", value, MODELS)
 
     @field_validator("algorithm")

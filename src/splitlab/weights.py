@@ -75,6 +75,12 @@ def weights_path(
     so two CIFAR-10 copies never share weights.
     """
     tag = dataset
+    if "/" in model or ":" in model:
+        # A user's FILE.py:FACTORY: named by its file's stem and a hash of the
+        # whole reference, so the cache stays one flat folder.
+        source, _, factory = model.rpartition(":")
+        digest = hashlib.sha256(model.encode()).hexdigest()[:10]
+        model = f"{Path(source).stem}.{factory}-{digest}"
     if data_dir is not None:
         where = str(data_dir.resolve()).encode()
         tag += "-" + hashlib.sha256(where).hexdigest()[:10]
