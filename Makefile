@@ -20,8 +20,8 @@ run: $(STAMP)
 	$(BIN)/splitlab run $(SCENARIO)
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench docs/examples
+	$(BIN)/ruff format --check src tests bench docs/examples
 	$(BIN)/mypy
 
 test: check

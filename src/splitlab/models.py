@@ -78,8 +78,10 @@ class StagedModel(nn.Module):
         self.check_cut(stop)
         if start > stop:
             raise ValueError(f"start {start} is after stop {stop}")
-        for stage in self.stages[start:stop]:
-            x = stage(x)
+        # Indexing, not slicing: a slice of a ModuleList builds a new one on
+        # every call, which costs as much as a small stage.
+        for index in range(start, stop):
+            x = self.stages[index](x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
