@@ -290,22 +290,16 @@ class SjfScheduler(Scheduler):
         return (remaining_s, release_s, task_id)
 
 
-class SrptScheduler(Scheduler):
-    """Shortest remaining BS work first, re-chosen after every stage."""
+class SrptScheduler(SjfScheduler):
+    """Shortest remaining BS work first, re-chosen after every stage.
+
+    The same order as :class:`SjfScheduler`, but a job runs one stage and then
+    goes back to the queue, so a shorter arrival takes over at the next stage
+    boundary.
+    """
 
     name: ClassVar[str] = "srpt"
     preemptive: ClassVar[bool] = True
-
-    @staticmethod
-    def rank(
-        release_s: float,
-        task_id: int,
-        remaining_s: float,
-        deadline_s: float | None,
-        priority: int,
-    ) -> Rank:
-        """``(remaining_s, release_s, task_id)``: the least work first."""
-        return (remaining_s, release_s, task_id)
 
 
 class RoundRobinScheduler(Scheduler):
