@@ -296,3 +296,50 @@ def test_an_interrupted_run_resumes_and_ends_complete(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=f"run {first.run_id} is already complete"):
         resumable(tmp_path, first.run_id)
+
+
+def test_a_slowed_device_triggers_a_replan_with_its_cause(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        {
+            "name": "replan",
+            "seed": 3,
+            "model": "cnn-deep",
+            "training": {"epochs": 1},
+            "workload": {"tasks_per_device": 24, "period_ms": 120},
+            "profiling": {"warmup": 2, "repeats": 5},
+            "algorithm": "greedy",
+            "replan": {"threshold": 0.5, "window": 3},
+            "devices": [
+                {"name": "d1", "cpu_share": 0.5,
+                 "link": {"latency_ms": 10, "rate_mbps": 100}},
+                {"name": "d2", "cpu_share": 0.5,
+                 "link": {"latency_ms": 40, "rate_mbps": 10}},
+            ],
+        },
+        source="test",
+    )  # fmt: skip
+    testbeds: list[LocalTestbed] = []
+    events: list[dict[str, Any]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        events.append(event)
+        if event["event"] == "task" and event["node"] == "d1" and event["done"] == 4:
+            # A background load arrives: d1 now gets a twentieth of a core.
+            testbeds[0].set_cpu_share("d1", 0.05)
+
+    outcome = run_scenario(scenario, workspace=tmp_path, on_event=on_event,
+                           on_started=testbeds.append)  # fmt: skip
+    assert outcome.status == "completed", outcome.reason
+    plan = next(event for event in events if event["event"] == "plan")
+    replans = [event for event in events if event["event"] == "replan"]
+    assert plan["cuts"]["d1"] > 0, "d1 should start with some stages at home"
+    assert replans, "the slowed device went unnoticed"
+    assert replans[0]["cause"].startswith("d1: device compute at ")
+    assert replans[0]["after"]["d1"] < replans[0]["before"]["d1"]
+    with ResultStore(outcome.store) as store:
+        tasks = store.tasks(outcome.run_id)
+        logged = [kind for _, _, kind, _ in store.events(outcome.run_id)]
+    assert "replan" in logged
+    assert len(tasks) == 48
+    assert all(task.matches_unsplit for task in tasks)
+    assert len({task.cut for task in tasks if task.device == "d1"}) >= 2

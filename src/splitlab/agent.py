@@ -225,6 +225,10 @@ class DeviceAgent:
         # previous one still runs waits, as it would on the board.
         with torch.inference_mode():
             for task_id, sample, arrival_s in tasks:
+                # The station may have re-planned this device's cut.
+                if uplink.recut is not None and uplink.recut != cut:
+                    cut = uplink.recut
+                    logger.info("device %s: new cut %d", self.config.node, cut)
                 arrival_at = start_at + float(arrival_s)
                 pause_s = arrival_at - time.time()
                 if pause_s > 0:
@@ -269,6 +273,7 @@ class _Uplink:
         self._unacked: dict[int, tuple[MessageKind, dict[str, Any], bytes]] = {}
         self._broken = threading.Event()
         self._bye = threading.Event()
+        self.recut: int | None = None
         self._start_reader()
         agent.on_cut = self.cut
 
@@ -318,6 +323,13 @@ class _Uplink:
             if message.kind == MessageKind.ACK:
                 with self._lock:
                     self._unacked.pop(int(message.header["key"]), None)
+            elif message.kind == MessageKind.PLAN:
+                recut = int(message.header["recut"])
+                assert self.agent.model is not None
+                if 0 <= recut <= self.agent.model.num_stages:
+                    self.recut = recut
+                else:
+                    logger.warning("ignored cut %d outside the model", recut)
             elif message.kind == MessageKind.BYE:
                 self._bye.set()
                 return

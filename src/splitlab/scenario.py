@@ -128,6 +128,13 @@ class DataConfig(_Strict):
         return self
 
 
+class ReplanConfig(_Strict):
+    """When the station plans anew during a run (off unless given)."""
+
+    threshold: Annotated[float, Field(gt=0, le=100)] = 0.5
+    window: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5
+
+
 class WorkloadConfig(_Strict):
     """How many tasks each device generates, and when."""
 
@@ -164,6 +171,7 @@ class Scenario(_Strict):
     workload: WorkloadConfig = WorkloadConfig()
     profiling: ProfilingConfig = ProfilingConfig()
     training: TrainingConfig = TrainingConfig()
+    replan: ReplanConfig | None = None
     algorithm: str = "greedy"
     scheduler: str = "fcfs"
     base_station: BaseStationConfig = BaseStationConfig()

@@ -38,6 +38,7 @@ from splitlab.lifetime import die_with_parent
 from splitlab.models import StagedModel
 from splitlab.plan import FixedScheme, Plan, PlanningProblem, make_plan
 from splitlab.profile import NodeProfile, profile_from_dict, profile_model
+from splitlab.replan import Drift, DriftWatch, rescaled_link, rescaled_profile
 from splitlab.results import (
     PredictionRecord,
     ResultStore,
@@ -191,6 +192,19 @@ class BaseStation:
         self.data: Dataset | None = None
         self._bs_stage_s: tuple[float, ...] = ()
         self._priorities = {d.name: d.priority for d in self.scenario.devices}
+        # What the current scheme assumes, per device; re-planning rescales it.
+        self._profiles: dict[str, NodeProfile] = {}
+        self._links = {d.name: d.link.spec() for d in self.scenario.devices}
+        self._cuts: dict[str, int] = {}
+        self._used_cuts: dict[str, set[int]] = {}
+        self._bs_profile: NodeProfile | None = None
+        self._replan_lock = threading.Lock()
+        replan = self.scenario.replan
+        self._watch = (
+            None
+            if replan is None
+            else DriftWatch(threshold=replan.threshold, window=replan.window)
+        )
 
     # Events ----------------------------------------------------------------
 
@@ -405,6 +419,7 @@ class BaseStation:
     ) -> Plan:
         scenario = self.scenario
         assert self.data is not None
+        self._profiles = dict(profiles)
         tasks = scenario.tasks(num_samples=len(self.data.labels))
         if self.config.resume:
             tasks = self._remaining(tasks)
@@ -453,6 +468,9 @@ class BaseStation:
 
     def _announce(self, plan: Plan, bs_profile: NodeProfile) -> None:
         self._plan = plan
+        self._bs_profile = bs_profile
+        self._cuts = dict(plan.cuts)
+        self._used_cuts = {device: {cut} for device, cut in plan.cuts.items()}
         self.emit(
             "plan",
             algorithm=plan.algorithm,
@@ -666,11 +684,11 @@ class BaseStation:
         header = message.header
         task = self._tasks[int(header["task_id"])]
         assert self._plan is not None and self.model is not None
-        cut = self._plan.cuts[device.name]
-        if task.device != device.name or int(header["cut"]) != cut:
+        cut = int(header["cut"])
+        if task.device != device.name or cut not in self._used_cuts[device.name]:
             raise ProtocolError(
-                f"task {task.task_id} with cut {header['cut']} does not belong to "
-                f"{device.name} at cut {cut}"
+                f"task {task.task_id} with cut {cut} does not belong to "
+                f"{device.name} at cuts {sorted(self._used_cuts[device.name])}"
             )
         array = decode_tensor(header["tensor"], message.payload)
         arrival_at = float(header["arrival_at"])
@@ -821,6 +839,76 @@ class BaseStation:
             done=done,
             expected=device.expected,
             delay_s=record.delay_s,
+        )
+        if self._watch is not None:
+            self._watch_task(record)
+
+    def _watch_task(self, record: TaskRecord) -> None:
+        """Compare a finished task with the plan; re-plan on a lasting drift."""
+        assert self._watch is not None and self._bs_profile is not None
+        device = record.device
+        drifts = []
+        head_s = self._profiles[device].head_s(record.cut)
+        if record.cut > 0 and head_s > 0:
+            drifts.append(
+                self._watch.observe(device, "device compute", record.device_s / head_s)
+            )
+        if record.cut < self._bs_profile.num_stages:
+            modelled_s = self._links[device].transfer_s(record.cut_bytes)
+            drifts.append(
+                self._watch.observe(
+                    device, "link transfer", record.transmission_s / modelled_s
+                )
+            )
+        for drift in drifts:
+            if drift is not None:
+                self._replan(drift)
+
+    def _replan(self, drift: Drift) -> None:
+        """Rescale what drifted and plan the tasks not yet generated anew."""
+        assert self._bs_profile is not None
+        with self._replan_lock:
+            device = drift.device
+            if drift.quantity == "device compute":
+                self._profiles[device] = rescaled_profile(
+                    self._profiles[device], drift.ratio
+                )
+            else:
+                self._links[device] = rescaled_link(self._links[device], drift.ratio)
+            now_s = time.time() - self._start_at
+            remaining = tuple(
+                task for task in self._tasks.values() if task.arrival_s > now_s
+            )
+            if not remaining:
+                return
+            scenario = self.scenario
+            problem = PlanningProblem(
+                device_profiles=self._profiles,
+                bs_profile=self._bs_profile,
+                links=self._links,
+                tasks=remaining,
+                scheduler=scenario.scheduler,
+                workers=scenario.base_station.workers,
+                device_memory_bytes={d.name: d.memory_bytes for d in scenario.devices},
+                priorities=self._priorities,
+            )
+            plan = make_plan(scenario.algorithm, problem)
+            before = dict(self._cuts)
+            for name, cut in plan.cuts.items():
+                if cut != before[name]:
+                    self._used_cuts[name].add(cut)
+                    self._cuts[name] = cut
+                    with contextlib.suppress(OSError, ProtocolError):
+                        self._devices[name].channel.send(
+                            MessageKind.PLAN, {"recut": cut}
+                        )
+        self.emit(
+            "replan",
+            cause=drift.describe(),
+            before=before,
+            after=dict(plan.cuts),
+            tasks=len(remaining),
+            predicted_mean_s=plan.mean_delay_s,
         )
 
     def _verify(self) -> None:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -149,6 +149,24 @@ class LocalTestbed:
         except KeyError:
             raise TestbedError(f"no device {name!r} in this testbed") from None
         device.process.kill()
+
+    def set_cpu_share(self, name: str, share: float) -> AppliedLimit:
+        """Hold one running device to a new CPU share (a load change)."""
+        try:
+            device = self.devices[name]
+        except KeyError:
+            raise TestbedError(f"no device {name!r} in this testbed") from None
+        pid = device.process.pid
+        self.limiter.release(pid)
+        limit = self.limiter.apply(
+            pid,
+            LimitSpec(cpu_share=share, memory_bytes=device.config.memory_bytes),
+            name=name,
+        )
+        for command_line in limit.commands:
+            logger.debug("%s: %s", name, command_line)
+        self.devices[name] = replace(device, limit=limit)
+        return limit
 
     def cut_link(self, name: str) -> None:
         """Drop one device's connection at once (a cut link); it reconnects."""
