@@ -333,9 +333,15 @@ def test_a_slowed_device_triggers_a_replan_with_its_cause(tmp_path: Path) -> Non
     plan = next(event for event in events if event["event"] == "plan")
     replans = [event for event in events if event["event"] == "replan"]
     assert plan["cuts"]["d1"] > 0, "d1 should start with some stages at home"
-    assert replans, "the slowed device went unnoticed"
-    assert replans[0]["cause"].startswith("d1: device compute at ")
-    assert replans[0]["after"]["d1"] < replans[0]["before"]["d1"]
+    # A quota's bursts can trip an early re-plan that keeps the cut; the one
+    # that follows the slow-down moves d1's cut towards the BS.
+    moved = [
+        event
+        for event in replans
+        if event["cause"].startswith("d1: device compute at ")
+        and event["after"]["d1"] < event["before"]["d1"]
+    ]
+    assert moved, f"no re-plan moved d1's cut: {replans}"
     with ResultStore(outcome.store) as store:
         tasks = store.tasks(outcome.run_id)
         logged = [kind for _, _, kind, _ in store.events(outcome.run_id)]
