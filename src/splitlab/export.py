@@ -216,36 +216,27 @@ def cuts_frame(store: ResultStore, run_id: int) -> pd.DataFrame:
 
 def predictions_frame(store: ResultStore, run_id: int) -> pd.DataFrame:
     """Every task's delay as the planner predicted it, in seconds."""
-    columns = list(SCHEMAS["predictions"])[1:]
-    return _frame(
-        "predictions",
-        [
-            {"run_id": run_id, **{c: getattr(p, c) for c in columns}}
-            for p in store.predictions(run_id)
-        ],
-    )
+    return _records_frame("predictions", run_id, store.predictions(run_id))
 
 
 def tasks_frame(store: ResultStore, run_id: int) -> pd.DataFrame:
     """Every finished task as measured, in seconds and bytes (no logits)."""
-    columns = list(SCHEMAS["tasks"])[1:]
-    return _frame(
-        "tasks",
-        [
-            {"run_id": run_id, **{c: getattr(t, c) for c in columns}}
-            for t in store.tasks(run_id)
-        ],
-    )
+    return _records_frame("tasks", run_id, store.tasks(run_id))
 
 
 def slices_frame(store: ResultStore, run_id: int) -> pd.DataFrame:
     """The BS schedule: every slice of a tail a worker ran, in seconds."""
-    columns = list(SCHEMAS["slices"])[1:]
+    return _records_frame("slices", run_id, store.slices(run_id))
+
+
+def _records_frame(table: str, run_id: int, records: Sequence[object]) -> pd.DataFrame:
+    """A table's frame from store records whose fields name its columns."""
+    columns = list(SCHEMAS[table])[1:]
     return _frame(
-        "slices",
+        table,
         [
-            {"run_id": run_id, **{c: getattr(s, c) for c in columns}}
-            for s in store.slices(run_id)
+            {"run_id": run_id, **{c: getattr(record, c) for c in columns}}
+            for record in records
         ],
     )
 
