@@ -31,6 +31,7 @@ from splitlab.experiment import (
     prepare_weights,
     resumable,
     run_scenario,
+    store_path,
 )
 from splitlab.models import MODELS, build_model
 from splitlab.plan import (
@@ -330,9 +331,7 @@ def _print_summary(summary: RunSummary) -> None:
 @_workspace_option
 def summary(run_id: int | None, per_task: bool, workspace: Path | None) -> None:
     """Print the summary of RUN_ID (the latest run when omitted)."""
-    path = (workspace or default_workspace()) / "results.sqlite"
-    if not path.exists():
-        raise ConfigError(f"no results store at {path}")
+    path = store_path(workspace, existing=True)
     with ResultStore(path) as store:
         chosen = run_id if run_id is not None else store.latest_run_id()
         if chosen is None:
@@ -382,7 +381,7 @@ def down(prefix: str | None, workspace: Path | None) -> None:
     """
     for line in teardown(prefix):
         console.print(line, highlight=False)
-    path = (workspace or default_workspace()) / "results.sqlite"
+    path = store_path(workspace)
     if path.exists():
         with ResultStore(path) as store:
             for run_id in mark_abandoned(store):
@@ -394,9 +393,7 @@ def down(prefix: str | None, workspace: Path | None) -> None:
 @_workspace_option
 def runs(workspace: Path | None) -> None:
     """List the runs in the workspace's store."""
-    path = (workspace or default_workspace()) / "results.sqlite"
-    if not path.exists():
-        raise ConfigError(f"no results store at {path}")
+    path = store_path(workspace, existing=True)
     table = Table("run", "started", "scenario", "algorithm", "scheduler", "tasks",
                   "mean ms", "status", "reason", box=box.SIMPLE_HEAD)  # fmt: skip
     with ResultStore(path) as store:
@@ -615,7 +612,7 @@ def _predict(
 def _planning_profiles(
     scenario: Scenario, workspace: Path | None
 ) -> tuple[NodeProfile, dict[str, NodeProfile], str]:
-    path = (workspace or default_workspace()) / "results.sqlite"
+    path = store_path(workspace)
     if path.exists():
         with ResultStore(path) as store:
             for record in reversed(store.runs()):
@@ -697,9 +694,7 @@ def schedulers() -> None:
 
 
 def _existing_store(workspace: Path | None) -> Path:
-    path = (workspace or default_workspace()) / "results.sqlite"
-    if not path.exists():
-        raise ConfigError(f"no results store at {path}")
+    path = store_path(workspace, existing=True)
     return path
 
 

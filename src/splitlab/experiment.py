@@ -73,6 +73,17 @@ def default_workspace() -> Path:
     return Path(os.environ.get("SPLITLAB_WORKSPACE", "workspace"))
 
 
+def store_path(workspace: Path | None, *, existing: bool = False) -> Path:
+    """The results store of ``workspace`` (the default one when ``None``).
+
+    With ``existing``, a store that is not there is a :class:`ConfigError`.
+    """
+    path = (workspace or default_workspace()) / STORE_NAME
+    if existing and not path.exists():
+        raise ConfigError(f"no results store at {path}")
+    return path
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine facts stored with every run."""
     revision = None
@@ -143,8 +154,8 @@ def run_scenario(
         :func:`resumable` to get the run's own scenario.
     """
     weights = prepare_weights(scenario, progress=progress)
-    store_path = (workspace or default_workspace()) / STORE_NAME
-    store = ResultStore(store_path)
+    path = store_path(workspace)
+    store = ResultStore(path)
     if resume is None:
         run_id = store.create_run(
             name=scenario.name,
@@ -168,7 +179,7 @@ def run_scenario(
         events = testbed.start_station(
             StationConfig(
                 run_id=run_id,
-                store=store_path,
+                store=path,
                 scenario_yaml=scenario.to_yaml(),
                 weights=weights.path,
                 secret=secret,
@@ -215,7 +226,7 @@ def run_scenario(
         run_id=run_id,
         status=record.status,
         reason=record.reason,
-        store=store_path,
+        store=path,
         weights=weights,
         limit_mechanism=testbed.mechanism,
     )
@@ -229,10 +240,7 @@ def resumable(workspace: Path | None, run_id: int) -> Scenario:
     ConfigError
         If there is no such run, it is complete, or it is still running.
     """
-    path = (workspace or default_workspace()) / STORE_NAME
-    if not path.exists():
-        raise ConfigError(f"no results store at {path}")
-    with ResultStore(path) as store:
+    with ResultStore(store_path(workspace, existing=True)) as store:
         mark_abandoned(store)
         record = store.run(run_id)
         if record.status == "completed":
