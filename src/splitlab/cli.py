@@ -33,7 +33,7 @@ from splitlab.experiment import (
     run_scenario,
     store_path,
 )
-from splitlab.models import MODELS, build_model
+from splitlab.models import MODELS, StagedModel, build_model
 from splitlab.plan import (
     ALGORITHMS,
     Algorithm,
@@ -47,6 +47,7 @@ from splitlab.results import ResultStore
 from splitlab.scenario import Scenario, load_scenario
 from splitlab.schedule import SCHEDULERS
 from splitlab.testbed import teardown
+from splitlab.usercode import is_onnx_file
 from splitlab.weights import load_trained
 
 # Wide enough for the summary table when the output is not a terminal.
@@ -222,9 +223,14 @@ def run(
         )
     weights = outcome.weights
     source = "trained now" if weights.trained_now else "cached"
-    console.print(
-        f"weights {source}: {weights.path} (test accuracy {weights.test_accuracy:.1%})"
+    if is_onnx_file(loaded.model):
+        source = "of the ONNX file"
+    tested = (
+        "output not class scores, no accuracy"
+        if weights.test_accuracy is None
+        else f"test accuracy {weights.test_accuracy:.1%}"
     )
+    console.print(f"weights {source}: {weights.path} ({tested})")
     with ResultStore(outcome.store) as store:
         _print_summary(summarise(store, outcome.run_id))
     console.print(f"results: {outcome.store} (run {outcome.run_id})")
@@ -413,8 +419,31 @@ def runs(workspace: Path | None) -> None:
     console.print(table)
 
 
+def _model_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in MODELS or is_onnx_file(value):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is neither a model ({', '.join(sorted(MODELS))}) nor a "
+        "path ending in .onnx"
+    )
+
+
+def _sample_shape(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in value.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not a shape such as 3x64x64")
+    return shape
+
+
 @main.command()
-@click.argument("model", type=click.Choice(sorted(MODELS)))
+@click.argument("model", callback=_model_name)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option(
@@ -424,12 +453,37 @@ def runs(workspace: Path | None) -> None:
     default=None,
     help="Also write the profile as JSON to this file.",
 )
-def profile(model: str, warmup: int, repeats: int, json_path: Path | None) -> None:
-    """Time every stage of MODEL on this machine (one thread, batch of one)."""
+@click.option(
+    "--input-shape",
+    callback=_sample_shape,
+    default=None,
+    help="One sample's shape for an ONNX model with dynamic dimensions, such "
+    "as 3x64x64 (default: its fixed shape, else 3x32x32).",
+)
+def profile(
+    model: str,
+    warmup: int,
+    repeats: int,
+    json_path: Path | None,
+    input_shape: tuple[int, ...] | None,
+) -> None:
+    """Time every stage of MODEL on this machine (one thread, batch of one).
+
+    MODEL is a registered model or a path to an ONNX file.
+    """
     import torch
 
     torch.set_num_threads(1)
-    staged = build_model(model).eval()
+    if is_onnx_file(model):
+        from splitlab.onnxgraph import OnnxStagedModel
+
+        staged: StagedModel = OnnxStagedModel(Path(model), input_shape=input_shape)
+    elif input_shape is not None:
+        raise click.BadParameter(
+            "only an ONNX model takes an input shape", param_hint="--input-shape"
+        )
+    else:
+        staged = build_model(model).eval()
     sample = torch.randn(1, *staged.input_shape)
     result = profile_model(staged, sample, node="local", warmup=warmup, repeats=repeats)
     _print_profile(result)

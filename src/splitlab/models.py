@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional
 
 from splitlab.errors import ConfigError
-from splitlab.usercode import import_file, is_reference
+from splitlab.usercode import import_file, is_onnx_file, is_reference
 
 
 class StagedModel(nn.Module):
@@ -60,6 +60,16 @@ class StagedModel(nn.Module):
     def num_stages(self) -> int:
         """``L``, the number of stages."""
         return len(self.stages)
+
+    # Whether the output of one sample is one score per class of the data;
+    # a model that is not a classifier is verified but reports no accuracy.
+    classifies = True
+
+    def stage_param_bytes(self, index: int) -> int:
+        """Bytes of the weights of stage ``index`` (counted from 0)."""
+        return sum(
+            p.numel() * p.element_size() for p in self.stages[index].parameters()
+        )
 
     def check_cut(self, cut: int) -> None:
         """Raise :class:`ConfigError` unless ``0 <= cut <= L``."""
@@ -482,6 +492,10 @@ def build_model(name: str, *, classes: int = 10) -> StagedModel:
     it takes no argument) and returns a :class:`torch.nn.Module` taking one
     3x32x32 image batch; its stages are cut from its traced graph.
 
+    A name ending in ``.onnx`` is an ONNX file, cut by
+    :mod:`splitlab.onnxgraph` and run with onnxruntime on as many threads as
+    torch uses here; its weights are the file's.
+
     Raises
     ------
     ConfigError
@@ -489,6 +503,12 @@ def build_model(name: str, *, classes: int = 10) -> StagedModel:
     """
     if name not in MODELS and is_reference(name):
         return _user_model(name, classes)
+    if is_onnx_file(name):
+        from splitlab.onnxgraph import OnnxStagedModel
+
+        return OnnxStagedModel(
+            Path(name), threads=torch.get_num_threads(), classes=classes, name=name
+        )
     try:
         info = MODELS[name]
     except KeyError:

@@ -128,7 +128,7 @@ def profile_model(
                 output_bytes[index] = x.numel() * x.element_size()
 
     stages = []
-    for index, (name, stage) in enumerate(model.named_stages()):
+    for index, name in enumerate(model.stage_names):
         ordered = sorted(timings_s[index])
         stages.append(
             StageProfile(
@@ -138,9 +138,7 @@ def profile_model(
                     min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)
                 ],
                 output_bytes=output_bytes[index],
-                param_bytes=sum(
-                    p.numel() * p.element_size() for p in stage.parameters()
-                ),
+                param_bytes=model.stage_param_bytes(index),
             )
         )
     return NodeProfile(

@@ -26,6 +26,7 @@ import yaml
 
 from splitlab.errors import ConfigError
 from splitlab.results import PredictionRecord, ResultStore, RunRecord, TaskRecord
+from splitlab.usercode import is_onnx_file
 
 OVERALL = "all"
 
@@ -171,12 +172,18 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
         matched=sum(1 for task in verified if task.matches_unsplit),
         accuracy=(
             sum(1 for task in tasks if task.prediction == task.label) / len(tasks)
-            if tasks
+            if tasks and _classifies(run)
             else None
         ),
         limit_mechanisms=tuple(mechanisms),
         deadline_misses=_deadline_misses(run, tasks),
     )
+
+
+def _classifies(run: RunRecord) -> bool:
+    """False for an ONNX model whose output is not one score per class."""
+    model = str((yaml.safe_load(run.scenario_yaml) or {}).get("model", ""))
+    return not (is_onnx_file(model) and run.test_accuracy is None)
 
 
 def _deadline_misses(run: RunRecord, tasks: Sequence[TaskRecord]) -> int | None:

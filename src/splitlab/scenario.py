@@ -27,7 +27,7 @@ from pydantic import (
 
 from splitlab.errors import ConfigError
 from splitlab.link import LinkSpec
-from splitlab.usercode import is_reference
+from splitlab.usercode import is_onnx_file, is_reference
 from splitlab.workload import TaskSpec, generate_tasks
 
 DEFAULT_SCENARIO = "default"
@@ -196,6 +196,10 @@ class Scenario(_Strict):
 
         # A user model (file.py:factory) is imported where the model is built.
         if value not in MODELS and is_reference(value):
+            return value
+        if is_onnx_file(value):
+            if not Path(value).is_file():
+                raise ValueError(f"ONNX model file {value} does not exist")
             return value
         return _known("model", value, MODELS)
 

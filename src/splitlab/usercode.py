@@ -1,6 +1,7 @@
 """Python files a user points to: their own algorithms and models.
 
-A scenario may name ``path/to/file.py:NAME`` for its algorithm or its model.
+A scenario may name ``path/to/file.py:NAME`` for its algorithm or its model,
+or ``path/to/model.onnx`` for its model.
 Such a file is trusted code chosen by the user on the machine that reads it
 (the base station, or a device for its model); it is imported by path, never
 fetched or received over the network.
@@ -21,6 +22,11 @@ def is_reference(text: str) -> bool:
     """Whether ``text`` has the form ``FILE.py:NAME`` (or ``entrypoint:NAME``)."""
     head, _, tail = text.rpartition(":")
     return bool(head) and bool(tail)
+
+
+def is_onnx_file(text: str) -> bool:
+    """Whether ``text`` names an ONNX model file (``path/to/model.onnx``)."""
+    return text.lower().endswith(".onnx")
 
 
 def import_file(path: Path, *, role: str = "algorithm") -> ModuleType:

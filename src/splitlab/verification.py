@@ -34,7 +34,8 @@ class Verification:
     matched:
         Tasks whose split output equals the unsplit model's.
     accuracy:
-        Share of checked tasks whose class equals the label, or ``None``.
+        Share of checked tasks whose class equals the label, or ``None``
+        (no tasks, or a model whose output is not one score per class).
     max_abs_diff:
         The largest difference of a logit between split and unsplit.
     """
@@ -59,9 +60,11 @@ def verify_run(
             whole = model(sample).numpy().reshape(-1)
             split = np.frombuffer(task.logits, dtype=np.float32)
             difference = float(np.max(np.abs(whole - split)))
+            # The class must agree too, where the output is one score per
+            # class; the largest of a detector's scores means nothing.
             same = bool(
                 np.allclose(split, whole, rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
-                and int(np.argmax(whole)) == task.prediction
+                and (not model.classifies or int(np.argmax(whole)) == task.prediction)
             )
             results.append((task.task_id, same, difference))
             correct += int(task.prediction == task.label)
@@ -69,6 +72,6 @@ def verify_run(
     return Verification(
         total=len(results),
         matched=sum(1 for _, same, _ in results if same),
-        accuracy=correct / len(results) if results else None,
+        accuracy=correct / len(results) if results and model.classifies else None,
         max_abs_diff=max((diff for *_, diff in results), default=0.0),
     )

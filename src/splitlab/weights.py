@@ -2,7 +2,8 @@
 
 The first run of a scenario trains its model on the scenario's real images
 and stores the weights as safetensors with the test accuracy in the file's
-metadata; later runs load the file at once.
+metadata; later runs load the file at once.  An ONNX model is never trained:
+its weights are the file itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from splitlab.data import Dataset, load_splits
 from splitlab.errors import ConfigError
 from splitlab.models import StagedModel, build_model
+from splitlab.usercode import is_onnx_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ class TrainedWeights:
     path:
         The safetensors file.
     test_accuracy:
-        Accuracy on the held-out part of the data set when trained.
+        Accuracy on the held-out part of the data set when trained; ``None``
+        for an ONNX model whose output is not one score per class.
     trained_now:
         True if this call trained them, False if they came from the cache.
     train_s:
@@ -47,7 +50,7 @@ class TrainedWeights:
     """
 
     path: Path
-    test_accuracy: float
+    test_accuracy: float | None
     trained_now: bool
     train_s: float
 
@@ -183,8 +186,14 @@ def ensure_weights(
     """Return cached weights for ``model_name`` on ``dataset``, training if absent.
 
     Training uses the training part of :func:`splitlab.data.load_splits` and
-    reports the accuracy on its held-out part.
+    reports the accuracy on its held-out part.  An ONNX model's weights are
+    its file; it is only evaluated.
     """
+    if is_onnx_file(model_name):
+        return _onnx_weights(
+            model_name, dataset=dataset, data_dir=data_dir,
+            test_fraction=test_fraction, seed=seed,
+        )  # fmt: skip
     path = weights_path(
         model_name, dataset, data_dir=data_dir, epochs=epochs, seed=seed, root=root
     )
@@ -226,8 +235,40 @@ def ensure_weights(
     return TrainedWeights(path, accuracy, trained_now=True, train_s=train_s)
 
 
+def _onnx_weights(
+    model_name: str,
+    *,
+    dataset: str,
+    data_dir: Path | None,
+    test_fraction: float,
+    seed: int,
+) -> TrainedWeights:
+    """An ONNX file as weights, with its accuracy if it classifies the data."""
+    _, test_set = load_splits(
+        dataset, data_dir=data_dir, test_fraction=test_fraction, seed=seed
+    )
+    model = build_model(model_name, classes=len(test_set.classes))
+    accuracy = None
+    if model.classifies:
+        # A file exported for batches of one takes nothing larger.
+        accuracy = evaluate(model, test_set, batch=1)
+        logger.info("%s: test accuracy %.4f", model_name, accuracy)
+    return TrainedWeights(
+        Path(model_name).resolve(), accuracy, trained_now=False, train_s=0.0
+    )
+
+
 def load_trained(model_name: str, path: Path, *, classes: int) -> StagedModel:
-    """Build ``model_name`` and load its weights from ``path``."""
+    """Build ``model_name`` and load its weights from ``path``.
+
+    For an ONNX model ``path`` is the file itself.
+    """
+    if is_onnx_file(model_name):
+        from splitlab.onnxgraph import OnnxStagedModel
+
+        return OnnxStagedModel(
+            path, threads=torch.get_num_threads(), classes=classes, name=model_name
+        )
     model = build_model(model_name, classes=classes)
     load_weights(model, path)
     return model
