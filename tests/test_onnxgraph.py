@@ -396,6 +396,7 @@ def test_scenario_names_a_missing_onnx_file(tmp_path: Path) -> None:
     assert parse_scenario(data, source="test").model == str(DET)
 
 
+@pytest.mark.slow
 def test_profile_command_prints_the_detector_stages(tmp_path: Path) -> None:
     out = tmp_path / "det.json"
     result = subprocess.run(
