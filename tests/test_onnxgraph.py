@@ -39,7 +39,8 @@ from splitlab.errors import ConfigError
 from splitlab.models import MODELS
 from splitlab.onnxgraph import OnnxGraph, OnnxStagedModel, load_onnx
 from splitlab.profile import profile_model
-from splitlab.results import ResultStore
+from splitlab.report import RunSummary, summarise
+from splitlab.results import ResultStore, RunRecord, TaskRecord
 from splitlab.scenario import parse_scenario
 
 OCR = Path(rapidocr_onnxruntime.__file__).parent / "models"
@@ -426,19 +427,16 @@ def middle(problem):
 """
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-def test_an_exported_zoo_model_runs_end_to_end(tmp_path: Path) -> None:
-    info = MODELS["cnn-small"]
-    assert info.module is not None
-    torch.manual_seed(1)
-    path = _export(info.module(10), tmp_path / "cnn-small.onnx")
+def _splitlab_run(
+    tmp_path: Path, model: Path
+) -> tuple[str, RunRecord, list[TaskRecord], dict[str, int], RunSummary]:
+    """``splitlab run`` of three devices at cuts 3, 0 and L on ``model``."""
     algorithm = tmp_path / "middle.py"
     algorithm.write_text(MIDDLE_CUTS)
     scenario = {
         "name": "onnx-e2e",
         "seed": 4,
-        "model": str(path),
+        "model": str(model),
         "algorithm": f"{algorithm}:middle",
         "scheduler": "rr",
         "workload": {"tasks_per_device": 4, "period_ms": 40},
@@ -457,17 +455,50 @@ def test_an_exported_zoo_model_runs_end_to_end(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "weights of the ONNX file" in result.stdout
-
     with ResultStore(workspace / "results.sqlite") as store:
         (run,) = store.runs()
-        tasks = store.tasks(run.run_id)
-        cuts = store.cuts(run.run_id)
+        return (
+            result.stdout,
+            run,
+            store.tasks(run.run_id),
+            store.cuts(run.run_id),
+            summarise(store, run.run_id),
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_an_exported_zoo_model_runs_end_to_end(tmp_path: Path) -> None:
+    info = MODELS["cnn-small"]
+    assert info.module is not None
+    torch.manual_seed(1)
+    path = _export(info.module(10), tmp_path / "cnn-small.onnx")
+    stdout, run, tasks, cuts, summary = _splitlab_run(tmp_path, path)
+
+    assert "weights of the ONNX file" in stdout
     assert cuts == {"d1": 3, "d2": 0, "d3": 11}
     assert len(tasks) == 12
     assert all(task.matches_unsplit for task in tasks)
     # The ten classes of the data are the output's: an accuracy is reported.
     assert run.test_accuracy is not None and 0 <= run.test_accuracy <= 1
+    assert summary.accuracy is not None
     by_device = {task.device: task for task in tasks}
+    # After the first pool: 16 channels of 16x16; offloaded: the image.
     assert by_device["d1"].cut_bytes == 16 * 16 * 16 * 4
     assert by_device["d2"].cut_bytes == 3 * 32 * 32 * 4
+
+
+@pytest.mark.slow
+def test_the_ocr_detector_runs_end_to_end_without_an_accuracy(tmp_path: Path) -> None:
+    stdout, run, tasks, cuts, summary = _splitlab_run(tmp_path, DET)
+
+    assert "no accuracy" in stdout
+    assert cuts == {"d1": 3, "d2": 0, "d3": CUTS[DET] - 1}
+    assert len(tasks) == 12
+    assert all(task.matches_unsplit for task in tasks)
+    # A probability map per 32x32 image, not class scores: no accuracy.
+    assert run.test_accuracy is None and summary.accuracy is None
+    for task in tasks:
+        scores = np.frombuffer(task.logits, dtype=np.float32)
+        assert scores.shape == (32 * 32,)
+        assert scores.min() >= 0 and scores.max() <= 1

@@ -219,6 +219,7 @@ class DeviceAgent:
         model.check_cut(cut)
         start_at = float(message.header["start_at"])
         tasks = message.header["tasks"]
+        model.prepare(0, cut)
         uplink = _Uplink(self, channel)
 
         # One loop is the device's single CPU: a task that arrives while the
@@ -229,6 +230,7 @@ class DeviceAgent:
                 if uplink.recut is not None and uplink.recut != cut:
                     cut = uplink.recut
                     logger.info("device %s: new cut %d", self.config.node, cut)
+                    model.prepare(0, cut)
                 arrival_at = start_at + float(arrival_s)
                 pause_s = arrival_at - time.time()
                 if pause_s > 0:

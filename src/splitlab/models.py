@@ -98,6 +98,15 @@ class StagedModel(nn.Module):
         """Run the whole model."""
         return self.run(x, 0, self.num_stages)
 
+    def prepare(self, start: int, stop: int) -> None:
+        """Get ready to run stages ``start+1..stop``, before any task is timed.
+
+        Torch stages are always ready; a model that builds a runtime session
+        per range of stages (ONNX) builds it here.
+        """
+        self.check_cut(start)
+        self.check_cut(stop)
+
     def named_stages(self) -> Iterator[tuple[str, nn.Module]]:
         """Yield ``(name, module)`` for every stage in order."""
         yield from zip(self.stage_names, self.stages, strict=True)

@@ -773,6 +773,12 @@ class OnnxStagedModel(StagedModel):
             return x
         return self.sessions.run(x, start, stop)
 
+    def prepare(self, start: int, stop: int) -> None:
+        """Build the session of stages ``start+1..stop`` now, if not yet built."""
+        super().prepare(start, stop)
+        if start < stop:
+            self.sessions.session(start, stop)
+
     def stage_param_bytes(self, index: int) -> int:
         """Bytes of the constants stage ``index`` (from 0) reads first."""
         stage = self.stages[index]

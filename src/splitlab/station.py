@@ -241,6 +241,9 @@ class BaseStation:
             guard.start()
             profiles, bs_profile = self._profile()
             plan = self._make_plan(profiles, bs_profile)
+            assert self.model is not None
+            for cut in sorted(set(plan.cuts.values())):
+                self.model.prepare(cut, self.model.num_stages)
             self._execute(plan)
         finally:
             closing.set()
