@@ -201,6 +201,74 @@ def _session_with_outputs(graph: OnnxGraph, x: np.ndarray) -> dict[str, np.ndarr
     return dict(zip(names, arrays, strict=True))
 
 
+def test_a_small_graph_out_of_order_with_constants_and_a_skip(tmp_path: Path) -> None:
+    """The rules on a graph small enough to check by hand.
+
+    ``a = relu(x); b = x + a; c = -b; d = c * (k * k); y = sigmoid(d)`` with
+    ``k`` a Constant node, written to the file in reverse order.
+    """
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Add", ["x", "a"], ["b"]),
+        helper.make_node("Neg", ["b"], ["c"]),
+        helper.make_node(
+            "Constant",
+            [],
+            ["k"],
+            value=helper.make_tensor("k", TensorProto.FLOAT, [], [2.0]),
+        ),
+        helper.make_node("Mul", ["k", "k"], ["k2"]),
+        helper.make_node("Mul", ["c", "k2"], ["d"]),
+        helper.make_node("Sigmoid", ["d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes[::-1],
+        "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    path = tmp_path / "small.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(onnx.load(str(path)))
+
+    analysed = OnnxGraph.from_file(path, input_shape=(4,))
+    # The Constant and the Mul of it by itself are constants, not positions.
+    assert [node.output[0] for node in analysed.order] == ["a", "b", "c", "d", "y"]
+    assert analysed.constants == {"k", "k2"}
+    # The input is alive until the Add reads it: no cut between Relu and Add.
+    assert analysed.crossing[1] == ("x", "a")
+    assert [(cut.index, cut.after, cut.tensor) for cut in analysed.cuts] == [
+        (0, "x", "x"), (2, "b", "b"), (3, "c", "c"), (4, "d", "d"), (5, "y", "y"),
+    ]  # fmt: skip
+    assert [name for name, _, _ in analysed.stage_bounds()] == ["a..b", "c", "d", "y"]
+    with pytest.raises(
+        ConfigError,
+        match=r"2 tensors cross it \(x \[1, 4\], a \[1, 4\]\); nearest valid cuts: "
+        r"after x or after b$",
+    ):
+        analysed.split("a")
+
+    # The tail after c computes its own k * k; the stage reading k owns it.
+    head, tail = analysed.split("c")
+    assert [node.op_type for node in tail.graph.node] == [
+        "Constant",
+        "Mul",
+        "Mul",
+        "Sigmoid",
+    ]
+    assert [node.op_type for node in head.graph.node] == ["Relu", "Add", "Neg"]
+    assert [analysed.param_bytes(s, e) for _, s, e in analysed.stage_bounds()] == [
+        0,
+        0,
+        4,
+        0,
+    ]
+    x = np.linspace(-2, 2, 8, dtype=np.float32).reshape(2, 4)
+    expected = 1 / (1 + np.exp(4 * (x + np.maximum(x, 0))))
+    np.testing.assert_allclose(_run(tail, _run(head, x)), expected, atol=1e-6)
+
+
 def test_a_cut_inside_a_residual_block_of_the_detector_is_refused() -> None:
     graph = OnnxGraph.from_file(DET, input_shape=SHAPES[DET])
     # The first residual add of the backbone: its shortcut (the output of
@@ -341,17 +409,26 @@ def test_missing_invalid_and_mismatched_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"^ONNX model {garbage} cannot be read: "):
         load_onnx(garbage)
 
-    # A graph whose node reads an input it does not declare.
-    node = helper.make_node("Relu", ["y"], ["z"])
-    graph = helper.make_graph(
-        [node],
-        "broken",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3])],
-    )
+    # A node that reads a tensor nothing makes, and an operator that does
+    # not exist.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3])
     broken = tmp_path / "broken.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["y"], ["z"])], "g", [x], [z])
     onnx.save(helper.make_model(graph), str(broken))
-    with pytest.raises(ConfigError, match=f"^ONNX model {broken} is not valid ONNX"):
+    with pytest.raises(
+        ConfigError,
+        match=f"^ONNX model {broken}: node Relu reads y, which no node, input or "
+        "initializer provides$",
+    ):
+        load_onnx(broken)
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x"], ["z"])], "g", [x], [z]
+    )
+    onnx.save(helper.make_model(graph), str(broken))
+    with pytest.raises(
+        ConfigError, match=f"^ONNX model {broken} is not valid ONNX: .*Frobnicate"
+    ):
         load_onnx(broken)
 
     # The recogniser reads lines 48 pixels high; asked for a 4-channel input

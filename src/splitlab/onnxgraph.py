@@ -127,12 +127,13 @@ class TensorInfo:
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
-    """Read and check the ONNX model at ``path``.
+    """Read the ONNX model at ``path``, put its nodes in order and check it.
 
     Raises
     ------
     ConfigError
-        If the file is missing, unreadable, not an ONNX protobuf or fails
+        If the file is missing, unreadable, not an ONNX protobuf, has a node
+        that reads a tensor nothing provides, has a cycle or fails
         ``onnx.checker``; the message names the file.
     """
     if not path.is_file():
@@ -142,13 +143,27 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     except (OSError, DecodeError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ConfigError(f"ONNX model {path} cannot be read: {reason}") from None
+    if not model.graph.node:
+        raise ConfigError(f"ONNX model {path} has no nodes")
+
+    # The checker wants the nodes in topological order, which a file need
+    # not list them in; they are ordered first.
+    graph = model.graph
+    available = {value.name for value in graph.input}
+    available |= {tensor.name for tensor in graph.initializer}
+    available |= {tensor.values.name for tensor in graph.sparse_initializer}
+    ordered = []
+    for node in _topological(graph, str(path), available):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        ordered.append(copy)
+    del graph.node[:]
+    graph.node.extend(ordered)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ConfigError(f"ONNX model {path} is not valid ONNX: {first}") from None
-    if not model.graph.node:
-        raise ConfigError(f"ONNX model {path} has no nodes")
     return model
 
 
