@@ -121,6 +121,23 @@ class TensorInfo:
         """The record of ``array``."""
         return cls(tuple(array.shape), str(array.dtype), int(array.nbytes))
 
+    @classmethod
+    def inferred(cls, value: onnx.ValueInfoProto) -> TensorInfo | None:
+        """The record of a fully known numeric value info, else ``None``."""
+        tensor_type = value.type.tensor_type
+        if not tensor_type.elem_type or not tensor_type.HasField("shape"):
+            return None
+        shape = []
+        for dim in tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                return None
+            shape.append(int(dim.dim_value))
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        if dtype.kind not in "biufc":
+            return None
+        size = int(np.prod(shape)) if shape else 1
+        return cls(tuple(shape), str(dtype), size * dtype.itemsize)
+
     def describe(self, name: str) -> str:
         """``name [1, 16, 32, 32]``."""
         return f"{name} {list(self.shape)}"
@@ -298,14 +315,39 @@ class OnnxGraph:
         return cls(model, np.zeros((1, *shape), dtype=dtype), name=str(path))
 
     def _probe(self, example: np.ndarray[Any, Any]) -> dict[str, TensorInfo]:
-        """Run the model once and record the shape and type of every tensor."""
+        """The shape and type of every tensor the nodes make, for ``example``.
+
+        Shape inference with the input's dimensions fixed gives most of them;
+        the model then runs once on ``example`` with the others (shapes
+        computed at run time) as extra outputs, which also refuses an input
+        the model cannot take.  Only those few are held in memory at once.
+        """
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(self.model)
+        source = next(v for v in fixed.graph.input if v.name == self.input.name)
+        for dim, size in zip(
+            source.type.tensor_type.shape.dim, example.shape, strict=True
+        ):
+            dim.Clear()
+            dim.dim_value = size
+        shapes = {self.input.name: TensorInfo.of(example)}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(
+                fixed, strict_mode=False, data_prop=True
+            )
+        except onnx.shape_inference.InferenceError:
+            inferred = fixed
+        for value in inferred.graph.value_info:
+            info = TensorInfo.inferred(value)
+            if info is not None:
+                shapes[value.name] = info
+
+        made = [output for node in self.order for output in node.output if output]
+        unknown = [t for t in dict.fromkeys(made) if t not in shapes]
         probe = onnx.ModelProto()
         probe.CopyFrom(self.model)
-        made = [output for node in self.order for output in node.output if output]
-        known = {self.output.name}
-        for tensor in made:
-            if tensor not in known:
-                known.add(tensor)
+        for tensor in unknown:
+            if tensor != self.output.name:
                 probe.graph.output.append(
                     self._types.get(tensor)
                     or helper.make_empty_tensor_value_info(tensor)
@@ -326,9 +368,10 @@ class OnnxGraph:
                 f"{list(example.shape)} (its declared input is "
                 f"{declared_shape(self.input)}): {reason}"
             ) from None
-        shapes = {self.input.name: TensorInfo.of(example)}
         for tensor, array in zip(names, arrays, strict=True):
             shapes[tensor] = TensorInfo.of(np.asarray(array))
+        logger.debug("ONNX model %s: %d of %d shapes found by running it",
+                     self.name, len(names), len(made))  # fmt: skip
         return shapes
 
     def _crossing(self) -> list[tuple[str, ...]]:
