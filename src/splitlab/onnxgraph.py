@@ -737,12 +737,15 @@ class OnnxSessions:
             return self._sessions[key]
 
     def run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Run stages ``start+1..stop`` on ``x``; the result shares the output."""
+        """Run stages ``start+1..stop`` on ``x``.
+
+        A contiguous CPU tensor goes in without a copy (``numpy()`` shares its
+        memory) and the session's output array is wrapped, not copied.
+        """
         session = self.session(start, stop)
-        # numpy() shares the tensor's memory; a contiguous CPU tensor is not
-        # copied on the way in, and the output array is wrapped as it is.
         array = np.ascontiguousarray(x.detach().cpu().numpy())
-        (output,) = session.run(None, {session.get_inputs()[0].name: array})
+        source = self.graph.crossing[self.bounds[start]][0]
+        (output,) = session.run(None, {source: array})
         return torch.from_numpy(np.asarray(output))
 
 
