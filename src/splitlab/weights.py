@@ -39,7 +39,7 @@ class TrainedWeights:
     Attributes
     ----------
     path:
-        The safetensors file.
+        The safetensors file (for an ONNX model, the ONNX file).
     test_accuracy:
         Accuracy on the held-out part of the data set when trained; ``None``
         for an ONNX model whose output is not one score per class.
