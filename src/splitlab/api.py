@@ -138,6 +138,23 @@ def _safe_list(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return cleaned
 
 
+class _YamlDumper(yaml.SafeDumper):
+    """Block style, but a list of plain values on one line (``[x, y]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flat = all(not isinstance(item, dict | list) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_YamlDumper.add_representer(list, _represent_list)
+
+
+def scenario_yaml(data: dict[str, Any]) -> str:
+    """The text of a scenario file holding ``data``."""
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True)
+
+
 # Request bodies -------------------------------------------------------------
 
 
@@ -684,7 +701,7 @@ def create_app(workspace: Path, *, token: str | None) -> FastAPI:
         created = not path.exists()
         temporary = path.with_suffix(".yaml.tmp")
         temporary.write_text(
-            yaml.safe_dump(body.data, sort_keys=False, allow_unicode=True),
+            scenario_yaml(body.data),
             encoding="utf-8",
         )
         temporary.replace(path)
@@ -698,7 +715,7 @@ def create_app(workspace: Path, *, token: str | None) -> FastAPI:
         scenario = validated(name, body.data)
         return {
             "valid": True,
-            "yaml": yaml.safe_dump(body.data, sort_keys=False, allow_unicode=True),
+            "yaml": scenario_yaml(body.data),
             "scenario": scenario.model_dump(mode="json", by_alias=True),
         }
 
@@ -717,9 +734,7 @@ def create_app(workspace: Path, *, token: str | None) -> FastAPI:
                 422, f"{name}.yaml is not a mapping", field="name", value=name
             )
         data["name"] = body.name
-        target.write_text(
-            yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
-        )
+        target.write_text(scenario_yaml(data), encoding="utf-8")
         return describe(target)
 
     @app.delete("/api/scenarios/{name}", tags=["scenarios"], status_code=204)
