@@ -967,8 +967,8 @@ def ui(host: str, port: int, token: str | None, workspace: Path | None) -> None:
     elif not token:
         token = secrets.token_urlsafe(24)
 
-    # Bind first, so the printed address is the one that answers (port 0
-    # picks a free port).
+    # Bind and listen first, so the printed address answers from now on
+    # (port 0 picks a free port).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -978,6 +978,7 @@ def ui(host: str, port: int, token: str | None, workspace: Path | None) -> None:
         raise ConfigError(
             f"--host/--port: cannot bind {host}:{port}: {error}"
         ) from None
+    listener.listen(128)
     bound_port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}/"
@@ -991,8 +992,8 @@ def ui(host: str, port: int, token: str | None, workspace: Path | None) -> None:
             "the token from the address above)",
             highlight=False,
         )
-    sys.stdout.flush()
     app = create_app(folder, token=token)
+    sys.stdout.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[listener])
 
