@@ -28,11 +28,13 @@ import ast
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -84,6 +86,21 @@ STOP_GRACE_S = 30.0
 _PUBLIC_PATHS = frozenset(
     {"/api/openapi.json", "/api/docs", "/api/docs/oauth2-redirect"}
 )
+
+
+def access_token(host: str, given: str | None) -> str | None:
+    """The token a server bound to ``host`` wants, or ``None`` on loopback.
+
+    A loopback address needs none (only this machine reaches it); any other
+    address needs ``given``, or a new random token when none is given.
+    """
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return given or secrets.token_urlsafe(24)
 
 
 # Errors ------------------------------------------------------------------

@@ -949,23 +949,14 @@ def rerun(run_id: int, workspace: Path | None) -> None:
 @_workspace_option
 def ui(host: str, port: int, token: str | None, workspace: Path | None) -> None:
     """Serve the web GUI and its HTTP API (the partitioning manager)."""
-    import ipaddress
-    import secrets
     import socket
 
     import uvicorn
 
-    from splitlab.api import create_app
+    from splitlab.api import access_token, create_app
 
     folder = workspace or default_workspace()
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
-        token = None
-    elif not token:
-        token = secrets.token_urlsafe(24)
+    token = access_token(host, token)
 
     # Bind and listen first, so the printed address answers from now on
     # (port 0 picks a free port).
