@@ -79,4 +79,10 @@ async function boot() {
   await show(wanted in SCREENS ? wanted : "testbed");
 }
 
+// Back and forward move between screens.
+window.addEventListener("hashchange", () => {
+  const wanted = window.location.hash.slice(1);
+  if (wanted in SCREENS && wanted !== screen) show(wanted);
+});
+
 boot();

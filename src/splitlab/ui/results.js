@@ -74,9 +74,14 @@ function figure(path, caption, id) {
   return h("figure", {}, img, h("figcaption", {}, caption));
 }
 
-function summaryTable(summary, id) {
+// The full table for one run; a narrower one (compact) for runs side by side.
+function summaryTable(summary, id, compact = false) {
+  const full = [
+    "device", "cut", "tasks", "mean ms", "p50 ms", "p95 ms", "device ms", "link ms", "BS wait ms", "BS ms", "predicted ms", "pred. error",
+  ];
+  const kept = compact ? [0, 1, 2, 3, 5, 6, 7, 8, 9] : full.map((_, index) => index);
   return table(
-    ["device", "cut", "tasks", "mean ms", "p50 ms", "p95 ms", "device ms", "link ms", "BS wait ms", "BS ms", "predicted ms", "pred. error"],
+    kept.map((index) => full[index]),
     summary.rows.map((row) =>
       h(
         "tr",
@@ -94,7 +99,9 @@ function summaryTable(summary, id) {
           ms(row.bs_s),
           ms(row.predicted_mean_s),
           row.prediction_error === null ? "-" : `${(row.prediction_error * 100).toFixed(0)} %`,
-        ].map((cell, index) => h("td", { class: index > 1 ? "num" : "", "data-column": index }, cell)),
+        ]
+          .map((cell, index) => h("td", { class: index > 1 ? "num" : "", "data-column": index }, cell))
+          .filter((_, index) => kept.includes(index)),
       ),
     ),
     { id, class: "summary" },
@@ -153,14 +160,17 @@ function comparisonDetail() {
     h(
       "div",
       { class: "side-by-side" },
-      data.summaries.map((summary) => h("div", {}, h("h4", {}, `Run ${summary.run.run_id}: ${summary.run.name}`), summaryTable(summary, `summary-${summary.run.run_id}`))),
+      data.summaries.map((summary) =>
+        h(
+          "div",
+          {},
+          h("h4", {}, `Run ${summary.run.run_id}: ${summary.run.name} · ${summary.run.algorithm} / ${summary.run.scheduler}`),
+          summaryTable(summary, `summary-${summary.run.run_id}`, true),
+          figure(`/api/runs/${summary.run.run_id}/figures/breakdown.png`, `Run ${summary.run.run_id}: delay breakdown`, `figure-breakdown-${summary.run.run_id}`),
+        ),
+      ),
     ),
-    h(
-      "div",
-      { class: "figures" },
-      figure(`/api/compare/figures/comparison.png?${query}`, "Mean and p95 delay of the runs", "figure-comparison"),
-      h("div", { class: "side-by-side" }, ids.map((id) => figure(`/api/runs/${id}/figures/breakdown.png`, `Run ${id}: delay breakdown`, `figure-breakdown-${id}`))),
-    ),
+    h("div", { class: "wide-figure" }, figure(`/api/compare/figures/comparison.png?${query}`, "Mean and p95 delay of the runs (95 % intervals over repeats)", "figure-comparison")),
   );
 }
 

@@ -191,6 +191,7 @@ export function renderScenario(root) {
             { class: "row" },
             field("profiling warm-up runs", numberInput(draft.profiling.warmup, update((v) => (draft.profiling.warmup = v)), { min: 0, step: 1, id: "warmup" })),
             field("profiling repeats", numberInput(draft.profiling.repeats, update((v) => (draft.profiling.repeats = v)), { min: 1, step: 1, id: "repeats" })),
+            field("training epochs", numberInput(draft.training.epochs, update((v) => (draft.training.epochs = v)), { min: 1, step: 1, id: "epochs" }), "when no weights are cached"),
           ),
         ),
         h(

@@ -34,6 +34,7 @@ export function newDraft() {
     data: { dataset: "mnist" },
     workload: { tasks_per_device: 5, period_ms: 250, arrivals: "periodic", deadline_ms: null },
     profiling: { warmup: 2, repeats: 5 },
+    training: { epochs: 2 },
     algorithm: "greedy",
     scheduler: "fcfs",
     objective: "total",
@@ -98,7 +99,7 @@ export function toData(draft = state.draft) {
     workload: compact(draft.workload),
     profiling: compact(draft.profiling),
   };
-  if (draft.training) data.training = draft.training;
+  if (draft.training) data.training = compact(draft.training);
   if (draft.replan) data.replan = draft.replan;
   data.algorithm = draft.algorithm;
   data.scheduler = draft.scheduler;
@@ -126,6 +127,7 @@ export function fromData(data) {
   draft.data = { ...newDraft().data, ...(data.data || {}) };
   draft.workload = { ...newDraft().workload, ...(data.workload || {}) };
   draft.profiling = { ...newDraft().profiling, ...(data.profiling || {}) };
+  draft.training = { ...newDraft().training, ...(data.training || {}) };
   draft.base_station = { ...newDraft().base_station, ...(data.base_station || {}) };
   if (!draft.base_station.position_m) draft.base_station.position_m = [0, 0];
   if (!("objective" in data)) draft.objective = "total";
