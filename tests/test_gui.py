@@ -102,7 +102,8 @@ def images_loaded(page: Page, selector: str) -> None:
     page.wait_for_function(
         """selector => {
             const images = [...document.querySelectorAll(selector)];
-            return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);
+            return images.length > 0
+                && images.every(i => i.complete && i.naturalWidth > 0);
         }""",
         arg=selector,
         timeout=60_000,
@@ -181,7 +182,8 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     fill(browser, "#tasks", "3")
     fill(browser, "#period", "50")
     browser.wait_for_function(
-        "() => document.querySelector('#yaml-text').textContent.includes('tasks_per_device: 3')"
+        "() => document.querySelector('#yaml-text')"
+        ".textContent.includes('tasks_per_device: 3')"
     )
     browser.click("#save-scenario")
     browser.wait_for_selector("#scenario-message.ok")
@@ -199,7 +201,10 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     browser.click("button[data-screen=run]")
     browser.select_option("#run-scenario", "gui-two")
     browser.click("#start-run")
-    browser.wait_for_selector("#run-phase[data-phase=running], #run-state[data-state=finished]", timeout=120_000)
+    browser.wait_for_selector(
+        "#run-phase[data-phase=running], #run-state[data-state=finished]",
+        timeout=120_000,
+    )
     shoot(browser, "run-progress")
     browser.wait_for_selector("#run-state[data-state=finished]", timeout=180_000)
     browser.wait_for_function(
@@ -243,7 +248,8 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     browser.click("button[data-screen=results]")
     boxes = browser.locator("#runs-table input[type=checkbox]")
     browser.wait_for_function(
-        "() => document.querySelectorAll('#runs-table input[type=checkbox]').length == 2"
+        "() => document.querySelectorAll("
+        "'#runs-table input[type=checkbox]').length == 2"
     )
     boxes.nth(0).click()
     boxes.nth(1).click()
