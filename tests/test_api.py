@@ -563,10 +563,7 @@ def test_a_run_stops_and_runs_compare(
         # The CLI tore its testbed down: no node of the run is still alive.
         pids = [node.pid for node in store.nodes(run.run_id) if node.pid]
     for pid in pids:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
-        )
+        assert _gone(pid), pid
 
     runs = f"runs={finished_run['run_id']}&runs={ended['run_id']}"
     compared = client.get(f"/api/compare?{runs}").json()
@@ -584,6 +581,15 @@ def test_a_run_stops_and_runs_compare(
     bad = client.get("/api/compare?runs=1&runs=x")
     assert bad.status_code == 422 and detail(bad)["field"] == "runs.1"
     assert client.get("/api/compare?runs=1&runs=999").status_code == 404
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie awaiting its parent counts)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "zombie" in status.lower()
 
 
 def test_unknown_jobs_and_scenarios_are_404(client: TestClient) -> None:

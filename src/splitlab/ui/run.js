@@ -102,7 +102,7 @@ export function renderRun(element) {
     element,
     h(
       "div",
-      { class: "split" },
+      { class: "run-screen" },
       h(
         "section",
         {},
@@ -144,7 +144,7 @@ export function renderRun(element) {
             )
           : h("p", { class: "muted" }, "No run started from this page yet."),
       ),
-      h("aside", { class: "form-column" }, h("h3", {}, "Output"), h("pre", { id: "run-log", class: "log" }, lines.join("\n"))),
+      h("section", {}, h("h3", {}, "Output"), h("pre", { id: "run-log", class: "log" }, lines.join("\n"))),
     ),
   );
   const pane = document.getElementById("run-log");
