@@ -115,8 +115,14 @@ def fill(page: Page, selector: str, value: str) -> None:
     page.locator(selector).blur()
 
 
+LOCAL_ALGORITHM = """
+def all_local(problem):
+    return {device: problem.num_stages for device in problem.devices}
+"""
+
+
 def test_build_run_and_read_a_scenario_in_the_browser(
-    server: tuple[str, Path], page: tuple[Page, list[str]]
+    server: tuple[str, Path], page: tuple[Page, list[str]], tmp_path: Path
 ) -> None:
     url, workspace = server
     browser, problems = page
@@ -168,7 +174,15 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     rate_before = float(before.split(" Mbit/s")[0])
     rate_after = float(after.split(" Mbit/s")[0])
     assert rate_after < rate_before
+    # pi1's link set by hand instead.
     browser.click("#plan g.node[data-node=pi1]")
+    browser.check("#manual-link")
+    fill(browser, "#link-rate", "3")
+    fill(browser, "#link-latency", "8")
+    browser.wait_for_function(
+        "() => document.querySelector('#plan text.link-label[data-device=pi1]')"
+        ".textContent == '3 Mbit/s · 8 ms (set by hand)'"
+    )
     shoot(browser, "testbed")
 
     # Scenario: the small AlexNet, three tasks each, saved as a YAML file.
@@ -181,6 +195,14 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     fill(browser, "#repeats", "3")
     fill(browser, "#tasks", "3")
     fill(browser, "#period", "50")
+    # An algorithm of one's own, uploaded; it runs on the BS when planning.
+    upload = tmp_path / "everything_local.py"
+    upload.write_text(LOCAL_ALGORITHM)
+    browser.set_input_files("#algorithm-file", str(upload))
+    browser.wait_for_selector("#scenario-message.ok")
+    stored = workspace / "algorithms" / "everything_local.py"
+    assert stored.read_text() == LOCAL_ALGORITHM
+    assert browser.input_value("#algorithm") == f"{stored}:all_local"
     browser.wait_for_function(
         "() => document.querySelector('#yaml-text')"
         ".textContent.includes('tasks_per_device: 3')"
@@ -192,6 +214,12 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     assert data["model"] == "alexnet-small" and data["seed"] == 2
     assert [d["name"] for d in data["devices"]] == ["pi1", "pi2"]
     assert "link" not in data["devices"][1]
+    assert data["devices"][0]["link"] == {
+        "latency_ms": 8,
+        "rate_mbps": 3,
+        "jitter_ms": 0,
+    }
+    assert data["algorithm"] == f"{stored}:all_local"
     scenario = load_scenario(saved)
     assert scenario.devices[1].position_m == tuple(position)
     assert scenario.devices[1].link.rate_mbps == pytest.approx(rate_after, abs=0.06)
@@ -232,7 +260,7 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     for device in ("pi1", "pi2"):
         row = browser.locator(f"#summary-table tr[data-group={device}] td")
         own = [t.delay_s for t in tasks if t.device == device]
-        assert row.nth(1).text_content() == str(cuts[device])
+        assert row.nth(1).text_content() == str(cuts[device]) == "11"
         assert row.nth(3).text_content() == f"{sum(own) / len(own) * 1e3:.1f}"
     shoot(browser, "results")
 
@@ -257,8 +285,8 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     browser.wait_for_selector("#compare-table")
     images_loaded(browser, "#comparison figure img")
     algorithms = browser.locator("#compare-table tbody tr td:nth-child(2)")
-    assert sorted(algorithms.all_text_contents()) == [
-        "algorithm=greedy",
+    assert algorithms.all_text_contents() == [
+        f"algorithm={stored}:all_local",
         "algorithm=offload-all",
     ]
     shoot(browser, "compare")

@@ -58,6 +58,11 @@ async function compare() {
   draw();
 }
 
+// An uploaded algorithm is named by its absolute path; lists show its file.
+function algorithmLabel(name) {
+  return name.includes("/") && name.includes(":") ? name.slice(name.lastIndexOf("/") + 1) : name;
+}
+
 function draw() {
   if (root && document.body.contains(root)) renderResults(root);
 }
@@ -117,7 +122,7 @@ function runDetail() {
     h(
       "h3",
       {},
-      `Run ${run.run_id}: ${run.name} · ${run.algorithm} / ${run.scheduler} · `,
+      `Run ${run.run_id}: ${run.name} · ${algorithmLabel(run.algorithm)} / ${run.scheduler} · `,
       h("span", { class: `status ${run.status}` }, run.status),
       run.reason ? ` (${run.reason})` : "",
     ),
@@ -164,7 +169,7 @@ function comparisonDetail() {
         h(
           "div",
           {},
-          h("h4", {}, `Run ${summary.run.run_id}: ${summary.run.name} · ${summary.run.algorithm} / ${summary.run.scheduler}`),
+          h("h4", {}, `Run ${summary.run.run_id}: ${summary.run.name} · ${algorithmLabel(summary.run.algorithm)} / ${summary.run.scheduler}`),
           summaryTable(summary, `summary-${summary.run.run_id}`, true),
           figure(`/api/runs/${summary.run.run_id}/figures/breakdown.png`, `Run ${summary.run.run_id}: delay breakdown`, `figure-breakdown-${summary.run.run_id}`),
         ),
@@ -198,7 +203,7 @@ export function renderResults(element) {
               } })),
               h("td", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); showRun(run.run_id); } }, `#${run.run_id}`)),
               h("td", {}, run.name),
-              h("td", {}, run.algorithm),
+              h("td", { title: run.algorithm }, algorithmLabel(run.algorithm)),
               h("td", {}, h("span", { class: `status ${run.status}` }, run.status)),
             ),
           ),
