@@ -12,15 +12,20 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 import yaml
 from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
+from splitlab.api import create_app
 from splitlab.experiment import prepare_weights
 from splitlab.placement import wifi_link
 from splitlab.results import ResultStore
@@ -292,3 +297,52 @@ def test_build_run_and_read_a_scenario_in_the_browser(
     shoot(browser, "compare")
 
     assert problems == []
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[str]:
+    """The manager with a token, on a loopback port, in this process."""
+    app = create_app(tmp_path, token="page-token")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        listener.close()
+
+
+def test_the_page_takes_the_token_from_its_address(token_server: str) -> None:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"]
+        )
+        try:
+            context = browser.new_context(viewport=SIZE)
+            page = context.new_page()
+            page.goto(f"{token_server}#token=page-token")
+            page.wait_for_selector("#plan")
+            assert page.evaluate("sessionStorage.getItem('splitlab-token')") == (
+                "page-token"
+            )
+            assert "page-token" not in page.url
+            page.click("#add-device")
+            page.wait_for_function(
+                "() => document.querySelector('#plan text.link-label')"
+                ".textContent.includes('Mbit/s')"
+            )
+            # Without the token the API refuses, and the page says so.
+            other = browser.new_context(viewport=SIZE).new_page()
+            other.goto(token_server)
+            refusal = other.wait_for_selector("main .error")
+            assert "Authorization: Bearer TOKEN" in (refusal.text_content() or "")
+        finally:
+            browser.close()
