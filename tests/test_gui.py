@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 import yaml
-from playwright.sync_api import ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from splitlab.api import create_app
 from splitlab.experiment import prepare_weights
@@ -76,26 +76,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 
 @pytest.fixture(scope="module")
-def page(server: tuple[str, Path]) -> Iterator[tuple[Page, list[str]]]:
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for the whole module."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(chromium: Browser) -> Iterator[tuple[Page, list[str]]]:
+    """A 1280x800 page that collects console errors and warnings."""
     problems: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:
         if message.type in ("error", "warning"):
             problems.append(f"console {message.type}: {message.text}")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox"]
-        )
-        context = browser.new_context(viewport=SIZE)
-        opened = context.new_page()
-        opened.on("console", on_console)
-        opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-        try:
-            yield opened, problems
-        finally:
-            context.close()
-            browser.close()
+    context = chromium.new_context(viewport=SIZE)
+    opened = context.new_page()
+    opened.on("console", on_console)
+    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    try:
+        yield opened, problems
+    finally:
+        context.close()
 
 
 def shoot(page: Page, name: str) -> None:
@@ -320,29 +329,28 @@ def token_server(tmp_path: Path) -> Iterator[str]:
         listener.close()
 
 
-def test_the_page_takes_the_token_from_its_address(token_server: str) -> None:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox"]
+def test_the_page_takes_the_token_from_its_address(
+    token_server: str, chromium: Browser
+) -> None:
+    context = chromium.new_context(viewport=SIZE)
+    stranger = chromium.new_context(viewport=SIZE)
+    try:
+        page = context.new_page()
+        page.goto(f"{token_server}#token=page-token")
+        page.wait_for_selector("#plan")
+        stored = page.evaluate("sessionStorage.getItem('splitlab-token')")
+        assert stored == "page-token"
+        assert "page-token" not in page.url
+        page.click("#add-device")
+        page.wait_for_function(
+            "() => document.querySelector('#plan text.link-label')"
+            ".textContent.includes('Mbit/s')"
         )
-        try:
-            context = browser.new_context(viewport=SIZE)
-            page = context.new_page()
-            page.goto(f"{token_server}#token=page-token")
-            page.wait_for_selector("#plan")
-            assert page.evaluate("sessionStorage.getItem('splitlab-token')") == (
-                "page-token"
-            )
-            assert "page-token" not in page.url
-            page.click("#add-device")
-            page.wait_for_function(
-                "() => document.querySelector('#plan text.link-label')"
-                ".textContent.includes('Mbit/s')"
-            )
-            # Without the token the API refuses, and the page says so.
-            other = browser.new_context(viewport=SIZE).new_page()
-            other.goto(token_server)
-            refusal = other.wait_for_selector("main .error")
-            assert "Authorization: Bearer TOKEN" in (refusal.text_content() or "")
-        finally:
-            browser.close()
+        # Without the token the API refuses, and the page says so.
+        other = stranger.new_page()
+        other.goto(token_server)
+        refusal = other.wait_for_selector("main .error")
+        assert "Authorization: Bearer TOKEN" in (refusal.text_content() or "")
+    finally:
+        context.close()
+        stranger.close()
