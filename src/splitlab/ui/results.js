@@ -203,7 +203,7 @@ export function renderResults(element) {
               } })),
               h("td", {}, h("a", { href: "#", onclick: (e) => { e.preventDefault(); showRun(run.run_id); } }, `#${run.run_id}`)),
               h("td", {}, run.name),
-              h("td", { title: run.algorithm }, algorithmLabel(run.algorithm)),
+              h("td", { class: "algorithm", title: run.algorithm }, algorithmLabel(run.algorithm)),
               h("td", {}, h("span", { class: `status ${run.status}` }, run.status)),
             ),
           ),
