@@ -990,5 +990,58 @@ def rerun(run_id: int, workspace: Path | None) -> None:
         sys.exit(5)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token",
+    envvar="SPLITLAB_UI_TOKEN",
+    default=None,
+    help="Bearer token for a non-loopback address (default: $SPLITLAB_UI_TOKEN, "
+    "else a new random one).",
+)
+@_workspace_option
+def ui(host: str, port: int, token: str | None, workspace: Path | None) -> None:
+    """Serve the web GUI and its HTTP API (the partitioning manager)."""
+    import socket
+
+    import uvicorn
+
+    from splitlab.api import access_token, create_app
+
+    folder = workspace or default_workspace()
+    token = access_token(host, token)
+
+    # Bind and listen first, so the printed address answers from now on
+    # (port 0 picks a free port).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        raise ConfigError(
+            f"--host/--port: cannot bind {host}:{port}: {error}"
+        ) from None
+    listener.listen(128)
+    bound_port = listener.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound_port}/"
+    if token:
+        url += f"#token={token}"
+    console.print(f"splitlab ui: {url}", highlight=False, soft_wrap=True)
+    console.print(f"workspace: {folder.resolve()}", highlight=False)
+    if token:
+        console.print(
+            "every API call needs 'Authorization: Bearer TOKEN' (the page takes "
+            "the token from the address above)",
+            highlight=False,
+        )
+    app = create_app(folder, token=token)
+    sys.stdout.flush()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[listener])
+
+
 if __name__ == "__main__":
     main()

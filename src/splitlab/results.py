@@ -481,6 +481,16 @@ class ResultStore:
             records.append(TaskRecord(**values))
         return records
 
+    def task_counts(
+        self, run_id: int, *, table: Literal["tasks", "predictions"] = "tasks"
+    ) -> dict[str, int]:
+        """Finished (or, with ``table="predictions"``, planned) tasks per device."""
+        rows = self._db.execute(
+            f"SELECT device, COUNT(*) FROM {table} WHERE run_id = ? GROUP BY device",
+            (run_id,),
+        )
+        return {str(device): int(count) for device, count in rows}
+
     def predictions(self, run_id: int) -> list[PredictionRecord]:
         """A run's predicted task delays ordered by task id."""
         rows = self._db.execute(

@@ -45,6 +45,9 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 # emulate in reasonable time; beyond them a value is almost surely a typo.
 LatencyMs = Annotated[float, Field(ge=0, le=60_000)]
 RateMbps = Annotated[float, Field(ge=0.001, le=1_000_000)]
+# A position on the testbed's floor plan, ``[x, y]`` in metres.
+Coordinate = Annotated[float, Field(ge=-100_000, le=100_000)]
+PositionM = tuple[Coordinate, Coordinate]
 
 
 class _Strict(BaseModel):
@@ -79,6 +82,9 @@ class DeviceConfig(_Strict):
     memory_mb: Annotated[int, Field(gt=0, le=2**30, strict=True)] | None = None
     # Static priority for the priority scheduler: lower runs first.
     priority: Annotated[int, Field(ge=-1000, le=1000, strict=True)] = 0
+    # Where the device stands; without a hand-set link, the link is the WiFi
+    # link this position implies (splitlab.placement), filled in by Scenario.
+    position_m: PositionM | None = None
     link: LinkConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -113,6 +119,8 @@ class BaseStationConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "bs"
     workers: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
     threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    # Where the BS stands; [0, 0] when not given.
+    position_m: PositionM | None = None
 
 
 class DataConfig(_Strict):
@@ -176,6 +184,11 @@ class Scenario(_Strict):
     scheduler: str = "fcfs"
     base_station: BaseStationConfig = BaseStationConfig()
     devices: Annotated[tuple[DeviceConfig, ...], Field(min_length=1, max_length=256)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _links_from_positions(cls, data: Any) -> Any:
+        return derive_links(data)
 
     @field_validator("devices")
     @classmethod
@@ -268,6 +281,59 @@ class Scenario(_Strict):
                 target = target.setdefault(parent, {})
             target[leaf] = value
         return parse_scenario(data, source="command line")
+
+
+def derive_links(data: Any) -> Any:
+    """Fill in the link of every placed device that has none.
+
+    ``data`` is a scenario as parsed YAML; a device with ``position_m`` and
+    no ``link`` gets the WiFi link of its distance to the base station's
+    ``position_m`` (``[0, 0]`` by default).  A hand-set link is kept.  Data
+    that is not well formed is returned unchanged for validation to report.
+
+    Raises
+    ------
+    ValueError
+        If a placed device is out of the base station's WiFi range.
+    """
+    from splitlab.placement import link_fields
+
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+        return data
+    station = data.get("base_station")
+    origin = station.get("position_m") if isinstance(station, dict) else None
+    if origin is None:
+        origin = [0.0, 0.0]
+    if not _is_position(origin):
+        return data
+    devices = []
+    for index, device in enumerate(data["devices"]):
+        if (
+            isinstance(device, dict)
+            and "link" not in device
+            and _is_position(device.get("position_m"))
+        ):
+            try:
+                link = link_fields(
+                    device["position_m"], origin, name=f"devices[{index}]"
+                )
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+            devices.append({**device, "link": link})
+        else:
+            devices.append(device)
+    return {**data, "devices": devices}
+
+
+def _is_position(value: object) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= 100_000
+            for v in value
+        )
+    )
 
 
 def _known(field: str, value: str, known: Mapping[str, object]) -> str:
