@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from splitlab.data import load_held_out
+from splitlab.data import load_inputs
 from splitlab.errors import ConfigError, SplitlabError
 from splitlab.experiment import (
     default_workspace,
@@ -203,9 +203,12 @@ def run(
         elif kind == "device_failed":
             say(f"[red]{event['node']} failed:[/] {event['reason']}")
         elif kind == "verified":
+            closeness = f"max |diff| {event['max_abs_diff']:.2e}"
+            if event.get("min_cosine") is not None:
+                closeness = f"lowest cosine {event['min_cosine']:.7f}"
             say(
                 f"verified {event['matched']}/{event['total']} tasks against the "
-                f"unsplit model (max |diff| {event['max_abs_diff']:.2e})"
+                f"unsplit model ({closeness})"
             )
 
     # SIGTERM stops a run like Ctrl-C does: the testbed is torn down and the
@@ -222,9 +225,12 @@ def run(
         )
     weights = outcome.weights
     source = "trained now" if weights.trained_now else "cached"
-    console.print(
-        f"weights {source}: {weights.path} (test accuracy {weights.test_accuracy:.1%})"
+    quality = (
+        "published weights, not trained by splitlab"
+        if weights.test_accuracy is None
+        else f"test accuracy {weights.test_accuracy:.1%}"
     )
+    console.print(f"weights {source}: {weights.path} ({quality})")
     with ResultStore(outcome.store) as store:
         _print_summary(summarise(store, outcome.run_id))
     console.print(f"results: {outcome.store} (run {outcome.run_id})")
@@ -304,7 +310,11 @@ def _print_summary(summary: RunSummary) -> None:
             end_section=row.group == summary.rows[-2].group,
         )
     console.print(table)
-    accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    accuracy = "accuracy " + (
+        "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    )
+    if summary.min_cosine is not None:
+        accuracy = f"lowest cosine to the unsplit embedding {summary.min_cosine:.7f}"
     tasks = summary.rows[-1].tasks
     if summary.verified == tasks:
         checked = (
@@ -317,7 +327,7 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.deadline_misses is not None:
         missed = f"; {summary.deadline_misses} of {tasks} tasks missed the deadline"
     console.print(
-        f"{checked}; accuracy {accuracy}{missed}; CPU limits by "
+        f"{checked}; {accuracy}{missed}; CPU limits by "
         f"{', '.join(summary.limit_mechanisms) or '-'}"
     )
     if run.reason:
@@ -430,7 +440,7 @@ def profile(model: str, warmup: int, repeats: int, json_path: Path | None) -> No
 
     torch.set_num_threads(1)
     staged = build_model(model).eval()
-    sample = torch.randn(1, *staged.input_shape)
+    sample = staged.example_input()
     result = profile_model(staged, sample, node="local", warmup=warmup, repeats=repeats)
     _print_profile(result)
     if json_path is not None:
@@ -545,7 +555,7 @@ def _predict(
     per_task: bool,
 ) -> None:
     bs_profile, device_profiles, source = _planning_profiles(loaded, workspace)
-    data = load_held_out(
+    data = load_inputs(
         loaded.data.dataset,
         data_dir=loaded.data.dir,
         test_fraction=loaded.training.test_fraction,
@@ -632,7 +642,7 @@ def _planning_profiles(
 
     torch.set_num_threads(scenario.base_station.threads)
     weights = prepare_weights(scenario, progress=True)
-    data = load_held_out(
+    data = load_inputs(
         scenario.data.dataset,
         data_dir=scenario.data.dir,
         test_fraction=scenario.training.test_fraction,
@@ -641,7 +651,7 @@ def _planning_profiles(
     model = load_trained(scenario.model, weights.path, classes=len(data.classes))
     bs = profile_model(
         model,
-        torch.tensor(data.images[0][None]),
+        torch.from_numpy(data.sample(0)),
         node=scenario.base_station.name,
         warmup=scenario.profiling.warmup,
         repeats=scenario.profiling.repeats,
