@@ -467,6 +467,60 @@ def _print_profile(result: NodeProfile) -> None:
     console.print(table)
 
 
+@main.command()
+@click.argument("prompt")
+@click.option("--cut", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Blocks the device runs (0 to 4).")  # fmt: skip
+@click.option("--tokens", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Seed of the training run whose weights are used.")  # fmt: skip
+def generate(prompt: str, cut: int, tokens: int, seed: int) -> None:
+    """Generate text with gpt-tiny split at CUT between a device and a BS.
+
+    The device embeds each token and runs blocks 1..CUT, the base station the
+    rest and the head; both keep their own blocks' KV caches and only the
+    newest token's hidden state crosses, over loopback TCP.  gpt-tiny is
+    trained on first use (about a minute) and cached.
+    """
+    import secrets
+
+    import torch
+
+    from splitlab.decoder import ensure_decoder, generate_split, load_decoder
+
+    torch.set_num_threads(1)
+    with console.status("training gpt-tiny (first use only)"):
+        weights = ensure_decoder(seed=seed)
+    model = load_decoder(weights.path)
+    result = generate_split(
+        model, prompt, cut=cut, tokens=tokens, secret=secrets.token_bytes(32)
+    )
+    console.print(f"[bold]{result.prompt}[/]{result.text}", highlight=False)
+    table = Table(
+        title=f"gpt-tiny, cut after block {cut}: per token, times in ms",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("#", "token", "device", "link", "BS", "bytes sent"):
+        table.add_column(header, justify="right")
+    for index, token in enumerate(result.tokens, start=1):
+        table.add_row(
+            str(index),
+            repr(model.decode([token.token])),
+            f"{token.device_s * 1e3:.3f}",
+            f"{token.transmission_s * 1e3:.3f}",
+            f"{token.bs_s * 1e3:.3f}",
+            str(token.sent_bytes),
+        )
+    console.print(table)
+    later = [token.sent_bytes for token in result.tokens[1:]]
+    console.print(
+        f"weights {weights.path} (training loss {weights.loss:.3f} nats per "
+        f"character); the prompt's frame {result.tokens[0].sent_bytes} bytes, "
+        f"each later token's {sorted(set(later))} bytes"
+    )
+
+
 _planning_options = [
     click.argument("scenario", required=False),
     click.option(

@@ -126,7 +126,8 @@ class ModelInfo:
         model's parameter names, so splitlab never trains it.  ``None`` for
         a model splitlab trains.
     dataset:
-        The one data set the model takes (``sentences`` for a text model);
+        The one data set the model takes (``sentences`` for a text model,
+        ``prompts`` for a decoder that only ``splitlab generate`` runs);
         ``None`` for an image model, which takes any image data set.
     """
 
@@ -461,6 +462,13 @@ def _build_minilm(classes: int) -> StagedModel:
     return build_minilm(classes)
 
 
+def _build_gpt_tiny(classes: int) -> StagedModel:
+    from splitlab.decoder import build_decoder, training_text
+
+    del classes
+    return build_decoder("".join(sorted(set(training_text()))))
+
+
 def _minilm_weights() -> dict[str, torch.Tensor]:
     from splitlab.minilm import staged_weights
 
@@ -512,6 +520,13 @@ MODELS: dict[str, ModelInfo] = {
             _build_minilm,
             pretrained=_minilm_weights,
             dataset="sentences",
+        ),
+        ModelInfo(
+            "gpt-tiny",
+            "character-level GPT decoder for 'splitlab generate', 6 stages, "
+            "0.23M parameters",
+            _build_gpt_tiny,
+            dataset="prompts",
         ),
     )
 }

@@ -223,6 +223,11 @@ class Scenario(_Strict):
 
         info = MODELS.get(self.model)
         wanted = None if info is None else info.dataset
+        if wanted == "prompts":
+            raise ValueError(
+                f"model {self.model!r} generates text: run it with 'splitlab "
+                "generate', not in a scenario"
+            )
         if wanted is not None and self.data.dataset != wanted:
             raise ValueError(
                 f"model {self.model!r} takes data set {wanted!r}, not "
