@@ -513,11 +513,13 @@ def generate(prompt: str, cut: int, tokens: int, seed: int) -> None:
             str(token.sent_bytes),
         )
     console.print(table)
-    later = [token.sent_bytes for token in result.tokens[1:]]
+    later = sorted({token.sent_bytes for token in result.tokens[1:]})
     console.print(
-        f"weights {weights.path} (training loss {weights.loss:.3f} nats per "
-        f"character); the prompt's frame {result.tokens[0].sent_bytes} bytes, "
-        f"each later token's {sorted(set(later))} bytes"
+        f"bytes sent: the prompt {result.tokens[0].sent_bytes}, each later token "
+        f"{', '.join(map(str, later)) or '-'}"
+    )
+    console.print(
+        f"weights {weights.path} (training loss {weights.loss:.3f} nats per character)"
     )
 
 

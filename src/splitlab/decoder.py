@@ -483,7 +483,10 @@ def generate_split(
     listener = socket.create_server(("127.0.0.1", 0))
     failures: list[str] = []
     station = threading.Thread(
-        target=_serve, args=(listener, model, secret, failures), name="decoder-bs"
+        target=_serve,
+        args=(listener, model, secret, failures),
+        name="decoder-bs",
+        daemon=True,
     )
     station.start()
     device = DeviceHalf(model, cut)
@@ -533,6 +536,8 @@ def generate_split(
             raise ProtocolError(f"the decoder station failed: {failures[0]}") from error
         raise
     finally:
+        # A device that never connected leaves the station in accept().
+        listener.close()
         station.join(timeout=STEP_TIMEOUT_S)
     if failures:
         raise ProtocolError(f"the decoder station failed: {failures[0]}")
