@@ -632,7 +632,7 @@ def test_dataset_is_read_only_and_checked(mnist: Dataset) -> None:
 
 
 def test_load_dataset_by_name(tmp_path: Path) -> None:
-    assert DATASETS == ("mnist", "cifar10")
+    assert DATASETS == ("mnist", "cifar10", "sentences")
     _write_binary(tmp_path, {"test_batch": _batch(3, seed=80)})
 
     cifar = load_dataset("cifar10", data_dir=tmp_path)

@@ -27,7 +27,11 @@ def one_thread() -> Iterator[None]:
 def test_every_cut_matches_the_whole_model(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name).eval()
-    x = torch.randn(1 if name == "resnet56" else 2, *model.input_shape)
+    x = (
+        model.example_input()
+        if MODELS[name].dataset
+        else torch.randn(1 if name == "resnet56" else 2, *model.input_shape)
+    )
     with torch.inference_mode():
         whole = model(x)
         for cut in range(model.num_stages + 1):

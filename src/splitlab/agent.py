@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from splitlab.data import load_held_out
+from splitlab.data import Samples, load_inputs
 from splitlab.errors import ProtocolError, SplitlabError
 from splitlab.lifetime import die_with_parent
 from splitlab.limit import seen_limit
@@ -107,7 +106,7 @@ class DeviceAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.model: StagedModel | None = None
-        self.images: np.ndarray[Any, np.dtype[np.float32]] | None = None
+        self.inputs: Samples | None = None
         self.link: LinkSpec | None = None
         self.seed = 0
         self.on_cut: Callable[[], None] | None = None
@@ -178,13 +177,13 @@ class DeviceAgent:
 
     def _profile(self, message: Message) -> dict[str, Any]:
         request = message.header
-        dataset = load_held_out(
+        dataset = load_inputs(
             str(request["dataset"]),
             data_dir=Path(request["data_dir"]) if request.get("data_dir") else None,
             test_fraction=float(request["test_fraction"]),
             seed=int(request["seed"]),
         )
-        self.images = dataset.images
+        self.inputs = dataset
         self.model = load_trained(
             str(request["model"]),
             Path(request["weights"]),
@@ -197,7 +196,7 @@ class DeviceAgent:
             jitter_s=float(link["jitter_s"]),
         )
         self.seed = int(request["seed"])
-        sample = torch.tensor(self.images[int(request["sample"])][None])
+        sample = torch.from_numpy(dataset.sample(int(request["sample"])))
         profile = profile_model(
             self.model,
             sample,
@@ -210,11 +209,11 @@ class DeviceAgent:
         return reply
 
     def _run_tasks(self, channel: Channel, message: Message) -> int:
-        if self.model is None or self.images is None or self.link is None:
+        if self.model is None or self.inputs is None or self.link is None:
             raise ProtocolError(
                 f"device {self.config.node} got a plan before profiling"
             )
-        model, images = self.model, self.images
+        model, inputs = self.model, self.inputs
         cut = int(message.header["cut"])
         model.check_cut(cut)
         start_at = float(message.header["start_at"])
@@ -236,7 +235,7 @@ class DeviceAgent:
                 if pause_s > 0:
                     time.sleep(pause_s)
                 started_at = time.time()
-                x = torch.tensor(images[int(sample)][None])
+                x = torch.from_numpy(inputs.sample(int(sample)))
                 output = model.run(x, 0, cut).contiguous().numpy()
                 finished_at = time.time()
                 header = {

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from splitlab.data import load_held_out
+from splitlab.data import load_inputs
 from splitlab.errors import ConfigError, SplitlabError
 from splitlab.experiment import (
     default_workspace,
@@ -204,9 +204,12 @@ def run(
         elif kind == "device_failed":
             say(f"[red]{event['node']} failed:[/] {event['reason']}")
         elif kind == "verified":
+            closeness = f"max |diff| {event['max_abs_diff']:.2e}"
+            if event.get("min_cosine") is not None:
+                closeness = f"lowest cosine {event['min_cosine']:.7f}"
             say(
                 f"verified {event['matched']}/{event['total']} tasks against the "
-                f"unsplit model (max |diff| {event['max_abs_diff']:.2e})"
+                f"unsplit model ({closeness})"
             )
 
     # SIGTERM stops a run like Ctrl-C does: the testbed is torn down and the
@@ -225,12 +228,13 @@ def run(
     source = "trained now" if weights.trained_now else "cached"
     if is_onnx_file(loaded.model):
         source = "of the ONNX file"
-    tested = (
-        "output not class scores, no accuracy"
-        if weights.test_accuracy is None
-        else f"test accuracy {weights.test_accuracy:.1%}"
-    )
-    console.print(f"weights {source}: {weights.path} ({tested})")
+    if weights.test_accuracy is not None:
+        quality = f"test accuracy {weights.test_accuracy:.1%}"
+    elif is_onnx_file(loaded.model):
+        quality = "output not class scores, no accuracy"
+    else:
+        quality = "published weights, not trained by splitlab"
+    console.print(f"weights {source}: {weights.path} ({quality})")
     with ResultStore(outcome.store) as store:
         _print_summary(summarise(store, outcome.run_id))
     console.print(f"results: {outcome.store} (run {outcome.run_id})")
@@ -310,7 +314,11 @@ def _print_summary(summary: RunSummary) -> None:
             end_section=row.group == summary.rows[-2].group,
         )
     console.print(table)
-    accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    accuracy = "accuracy " + (
+        "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    )
+    if summary.min_cosine is not None:
+        accuracy = f"lowest cosine to the unsplit embedding {summary.min_cosine:.7f}"
     tasks = summary.rows[-1].tasks
     if summary.verified == tasks:
         checked = (
@@ -323,7 +331,7 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.deadline_misses is not None:
         missed = f"; {summary.deadline_misses} of {tasks} tasks missed the deadline"
     console.print(
-        f"{checked}; accuracy {accuracy}{missed}; CPU limits by "
+        f"{checked}; {accuracy}{missed}; CPU limits by "
         f"{', '.join(summary.limit_mechanisms) or '-'}"
     )
     if run.reason:
@@ -484,7 +492,7 @@ def profile(
         )
     else:
         staged = build_model(model).eval()
-    sample = torch.randn(1, *staged.input_shape)
+    sample = staged.example_input()
     result = profile_model(staged, sample, node="local", warmup=warmup, repeats=repeats)
     _print_profile(result)
     if json_path is not None:
@@ -509,6 +517,62 @@ def _print_profile(result: NodeProfile) -> None:
             str(stage.param_bytes),
         )
     console.print(table)
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--cut", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Blocks the device runs (0 to 4).")  # fmt: skip
+@click.option("--tokens", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Seed of the training run whose weights are used.")  # fmt: skip
+def generate(prompt: str, cut: int, tokens: int, seed: int) -> None:
+    """Generate text with gpt-tiny split at CUT between a device and a BS.
+
+    The device embeds each token and runs blocks 1..CUT, the base station the
+    rest and the head; both keep their own blocks' KV caches and only the
+    newest token's hidden state crosses, over loopback TCP.  gpt-tiny is
+    trained on first use (about a minute) and cached.
+    """
+    import secrets
+
+    import torch
+
+    from splitlab.decoder import ensure_decoder, generate_split, load_decoder
+
+    torch.set_num_threads(1)
+    with console.status("training gpt-tiny (first use only)"):
+        weights = ensure_decoder(seed=seed)
+    model = load_decoder(weights.path)
+    result = generate_split(
+        model, prompt, cut=cut, tokens=tokens, secret=secrets.token_bytes(32)
+    )
+    console.print(f"[bold]{result.prompt}[/]{result.text}", highlight=False)
+    table = Table(
+        title=f"gpt-tiny, cut after block {cut}: per token, times in ms",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("#", "token", "device", "link", "BS", "bytes sent"):
+        table.add_column(header, justify="right")
+    for index, token in enumerate(result.tokens, start=1):
+        table.add_row(
+            str(index),
+            repr(model.decode([token.token])),
+            f"{token.device_s * 1e3:.3f}",
+            f"{token.transmission_s * 1e3:.3f}",
+            f"{token.bs_s * 1e3:.3f}",
+            str(token.sent_bytes),
+        )
+    console.print(table)
+    later = sorted({token.sent_bytes for token in result.tokens[1:]})
+    console.print(
+        f"bytes sent: the prompt {result.tokens[0].sent_bytes}, each later token "
+        f"{', '.join(map(str, later)) or '-'}"
+    )
+    console.print(
+        f"weights {weights.path} (training loss {weights.loss:.3f} nats per character)"
+    )
 
 
 _planning_options = [
@@ -599,7 +663,7 @@ def _predict(
     per_task: bool,
 ) -> None:
     bs_profile, device_profiles, source = _planning_profiles(loaded, workspace)
-    data = load_held_out(
+    data = load_inputs(
         loaded.data.dataset,
         data_dir=loaded.data.dir,
         test_fraction=loaded.training.test_fraction,
@@ -686,7 +750,7 @@ def _planning_profiles(
 
     torch.set_num_threads(scenario.base_station.threads)
     weights = prepare_weights(scenario, progress=True)
-    data = load_held_out(
+    data = load_inputs(
         scenario.data.dataset,
         data_dir=scenario.data.dir,
         test_fraction=scenario.training.test_fraction,
@@ -695,7 +759,7 @@ def _planning_profiles(
     model = load_trained(scenario.model, weights.path, classes=len(data.classes))
     bs = profile_model(
         model,
-        torch.tensor(data.images[0][None]),
+        torch.from_numpy(data.sample(0)),
         node=scenario.base_station.name,
         warmup=scenario.profiling.warmup,
         repeats=scenario.profiling.repeats,

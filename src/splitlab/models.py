@@ -39,7 +39,15 @@ class StagedModel(nn.Module):
         ``(name, module)`` pairs in execution order.
     input_shape:
         Shape of one input sample, without the batch dimension.
+
+    Attributes
+    ----------
+    output_kind:
+        ``"logits"`` for a classifier (verified by equal logits and class),
+        ``"embedding"`` for an encoder (verified by cosine similarity).
     """
+
+    output_kind = "logits"
 
     def __init__(
         self,
@@ -111,6 +119,10 @@ class StagedModel(nn.Module):
         """Yield ``(name, module)`` for every stage in order."""
         yield from zip(self.stage_names, self.stages, strict=True)
 
+    def example_input(self) -> torch.Tensor:
+        """A batch of one input to profile with: random values of ``input_shape``."""
+        return torch.randn(1, *self.input_shape)
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -128,12 +140,22 @@ class ModelInfo:
         For a model cut by :mod:`splitlab.graph`: builds the plain
         ``nn.Module`` it is cut from (the same parameter names, without the
         ``stages.{i}.`` prefix).  ``None`` for a model built as stages by hand.
+    pretrained:
+        For a model with published weights: returns them under the staged
+        model's parameter names, so splitlab never trains it.  ``None`` for
+        a model splitlab trains.
+    dataset:
+        The one data set the model takes (``sentences`` for a text model,
+        ``prompts`` for a decoder that only ``splitlab generate`` runs);
+        ``None`` for an image model, which takes any image data set.
     """
 
     name: str
     description: str
     build: Callable[[int], StagedModel]
     module: Callable[[int], nn.Module] | None = None
+    pretrained: Callable[[], dict[str, torch.Tensor]] | None = None
+    dataset: str | None = None
 
 
 def _conv(in_channels: int, out_channels: int) -> nn.Module:
@@ -452,6 +474,26 @@ def _mlp(classes: int) -> nn.Module:
     )
 
 
+def _build_minilm(classes: int) -> StagedModel:
+    # splitlab.minilm builds on StagedModel, so it is imported when used.
+    from splitlab.minilm import build_minilm
+
+    return build_minilm(classes)
+
+
+def _build_gpt_tiny(classes: int) -> StagedModel:
+    from splitlab.decoder import build_decoder, training_text
+
+    del classes
+    return build_decoder("".join(sorted(set(training_text()))))
+
+
+def _minilm_weights() -> dict[str, torch.Tensor]:
+    from splitlab.minilm import staged_weights
+
+    return staged_weights()
+
+
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
@@ -489,6 +531,21 @@ MODELS: dict[str, ModelInfo] = {
         ),
         _graph_model(
             "mlp", "flatten and 3 linear layers, 4 stages, 1.7M parameters", _mlp
+        ),
+        ModelInfo(
+            "minilm",
+            "all-MiniLM-L6-v2 sentence encoder (real weights), 8 stages, 22.6M "
+            "parameters",
+            _build_minilm,
+            pretrained=_minilm_weights,
+            dataset="sentences",
+        ),
+        ModelInfo(
+            "gpt-tiny",
+            "character-level GPT decoder for 'splitlab generate', 6 stages, "
+            "0.23M parameters",
+            _build_gpt_tiny,
+            dataset="prompts",
         ),
     )
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import re
 import statistics
@@ -89,6 +90,10 @@ class RunSummary:
     deadline_misses:
         Tasks that took longer than the scenario's ``workload.deadline_ms``,
         or ``None`` when the scenario sets no deadline.
+    min_cosine:
+        For an encoder (MiniLM), the lowest cosine similarity of a task's
+        split embedding to the unsplit model's, as the station verified it;
+        ``accuracy`` is then ``None``.  ``None`` for a classifier.
     """
 
     run: RunRecord
@@ -98,6 +103,7 @@ class RunSummary:
     accuracy: float | None
     limit_mechanisms: tuple[str, ...]
     deadline_misses: int | None = None
+    min_cosine: float | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -165,6 +171,7 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
             if node.limit_mechanism is not None
         }
     )
+    min_cosine = _min_cosine(store, run_id)
     return RunSummary(
         run=run,
         rows=tuple(rows),
@@ -172,11 +179,12 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
         matched=sum(1 for task in verified if task.matches_unsplit),
         accuracy=(
             sum(1 for task in tasks if task.prediction == task.label) / len(tasks)
-            if tasks and _classifies(run)
+            if tasks and min_cosine is None and _classifies(run)
             else None
         ),
         limit_mechanisms=tuple(mechanisms),
         deadline_misses=_deadline_misses(run, tasks),
+        min_cosine=min_cosine,
     )
 
 
@@ -184,6 +192,16 @@ def _classifies(run: RunRecord) -> bool:
     """False for an ONNX model whose output is not one score per class."""
     model = str((yaml.safe_load(run.scenario_yaml) or {}).get("model", ""))
     return not (is_onnx_file(model) and run.test_accuracy is None)
+
+
+def _min_cosine(store: ResultStore, run_id: int) -> float | None:
+    """The lowest cosine the station's verification of an encoder reported."""
+    found = None
+    for _, _, kind, detail in store.events(run_id):
+        if kind == "verified":
+            value = json.loads(detail).get("min_cosine")
+            found = None if value is None else float(value)
+    return found
 
 
 def _deadline_misses(run: RunRecord, tasks: Sequence[TaskRecord]) -> int | None:
@@ -675,6 +693,8 @@ def run_report_html(store: ResultStore, run_id: int) -> str:
         "-" if run.finished_at is None else f"{run.finished_at - run.started_at:.1f} s"
     )
     accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.1%}"
+    if summary.min_cosine is not None:
+        accuracy = f"- (lowest cosine to unsplit {summary.min_cosine:.7f})"
     env = run.environment
     facts = [
         ("scenario", run.name),

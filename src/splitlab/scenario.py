@@ -126,7 +126,7 @@ class BaseStationConfig(_Strict):
 class DataConfig(_Strict):
     """Where the input samples come from."""
 
-    dataset: Literal["mnist", "cifar10"] = "mnist"
+    dataset: Literal["mnist", "cifar10", "sentences"] = "mnist"
     dir: Path | None = None
 
     @model_validator(mode="after")
@@ -233,6 +233,28 @@ class Scenario(_Strict):
         from splitlab.schedule import SCHEDULERS
 
         return _known("scheduler", value, SCHEDULERS)
+
+    @model_validator(mode="after")
+    def _model_takes_data(self) -> Self:
+        from splitlab.models import MODELS
+
+        info = MODELS.get(self.model)
+        wanted = None if info is None else info.dataset
+        if wanted == "prompts":
+            raise ValueError(
+                f"model {self.model!r} generates text: run it with 'splitlab "
+                "generate', not in a scenario"
+            )
+        if wanted is not None and self.data.dataset != wanted:
+            raise ValueError(
+                f"model {self.model!r} takes data set {wanted!r}, not "
+                f"{self.data.dataset!r}"
+            )
+        if wanted is None and self.data.dataset == "sentences":
+            raise ValueError(
+                f"data set 'sentences' is text; model {self.model!r} takes images"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_base_station(self) -> Self:

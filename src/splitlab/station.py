@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from splitlab.data import Dataset, load_held_out
+from splitlab.data import Samples, load_inputs
 from splitlab.errors import ProtocolError, SplitlabError, TestbedError
 from splitlab.lifetime import die_with_parent
 from splitlab.models import StagedModel
@@ -189,7 +189,7 @@ class BaseStation:
         self._plan: Plan | None = None
         self._scheduler: Scheduler = make_scheduler(self.scenario.scheduler)
         self.model: StagedModel | None = None
-        self.data: Dataset | None = None
+        self.data: Samples | None = None
         self._bs_stage_s: tuple[float, ...] = ()
         self._priorities = {d.name: d.priority for d in self.scenario.devices}
         # What the current scheme assumes, per device; re-planning rescales it.
@@ -373,7 +373,7 @@ class BaseStation:
             )
 
         # The station profiles itself while the devices do the same.
-        self.data = load_held_out(
+        self.data = load_inputs(
             scenario.data.dataset,
             data_dir=data_dir,
             test_fraction=scenario.training.test_fraction,
@@ -385,7 +385,7 @@ class BaseStation:
         bs_name = scenario.base_station.name
         bs_profile = profile_model(
             self.model,
-            torch.tensor(self.data.images[0][None]),
+            torch.from_numpy(self.data.sample(0)),
             node=bs_name,
             warmup=scenario.profiling.warmup,
             repeats=scenario.profiling.repeats,
@@ -926,6 +926,7 @@ class BaseStation:
             total=outcome.total,
             accuracy=outcome.accuracy,
             max_abs_diff=outcome.max_abs_diff,
+            min_cosine=outcome.min_cosine,
         )
 
 

@@ -2,9 +2,11 @@
 
 Every recorded task's logits came from a head on a device and a tail on the
 base station (or the whole model on one of them).  Verification runs the
-unsplit model on the same input and compares: the outputs must agree to
-float rounding and give the same class.  The station verifies at the end of
-a run; if the station died first, the testbed verifies what was recorded.
+unsplit model on the same input and compares: a classifier's logits must
+agree to float rounding and give the same class; an encoder's embedding
+must point the same way (cosine similarity above :data:`MIN_COSINE`).  The
+station verifies at the end of a run; if the station died first, the
+testbed verifies what was recorded.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from splitlab.data import Dataset
+from splitlab.data import Samples
 from splitlab.models import StagedModel
 from splitlab.results import ResultStore
 
 # Split and whole-model logits may differ by float rounding only.
 LOGIT_RTOL = 1e-4
 LOGIT_ATOL = 1e-5
+# Split and whole-model embeddings of the same sentence.
+MIN_COSINE = 0.99999
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,40 +43,65 @@ class Verification:
         (no tasks, or a model whose output is not one score per class).
     max_abs_diff:
         The largest difference of a logit between split and unsplit.
+    min_cosine:
+        For an encoder, the lowest cosine similarity of a split embedding to
+        the unsplit one; ``None`` for a classifier.
     """
 
     total: int
     matched: int
     accuracy: float | None
     max_abs_diff: float
+    min_cosine: float | None = None
 
 
 def verify_run(
-    store: ResultStore, run_id: int, *, model: StagedModel, data: Dataset
+    store: ResultStore, run_id: int, *, model: StagedModel, data: Samples
 ) -> Verification:
     """Check every task of ``run_id`` not yet verified and record the outcome."""
     tasks = [task for task in store.tasks(run_id) if task.matches_unsplit is None]
     results = []
     correct = 0
+    cosines = []
+    embedding = model.output_kind == "embedding"
     model.eval()
     with torch.inference_mode():
         for task in tasks:
-            sample = torch.tensor(data.images[task.sample][None])
+            sample = torch.from_numpy(data.sample(task.sample))
             whole = model(sample).numpy().reshape(-1)
             split = np.frombuffer(task.logits, dtype=np.float32)
             difference = float(np.max(np.abs(whole - split)))
-            # The class must agree too, where the output is one score per
-            # class; the largest of a detector's scores means nothing.
-            same = bool(
-                np.allclose(split, whole, rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
-                and (not model.classifies or int(np.argmax(whole)) == task.prediction)
-            )
+            if embedding:
+                cosines.append(cosine(split, whole))
+                same = cosines[-1] > MIN_COSINE
+            else:
+                # The class must agree too, where the output is one score per
+                # class; the largest of a detector's scores means nothing.
+                same = bool(
+                    np.allclose(split, whole, rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
+                    and (
+                        not model.classifies or int(np.argmax(whole)) == task.prediction
+                    )
+                )
             results.append((task.task_id, same, difference))
             correct += int(task.prediction == task.label)
     store.record_verification(run_id, results)
     return Verification(
         total=len(results),
         matched=sum(1 for _, same, _ in results if same),
-        accuracy=correct / len(results) if results and model.classifies else None,
+        # An embedding has no class, so a label cannot be right or wrong.
+        accuracy=(
+            correct / len(results)
+            if results and model.classifies and not embedding
+            else None
+        ),
         max_abs_diff=max((diff for *_, diff in results), default=0.0),
+        min_cosine=min(cosines, default=1.0) if embedding else None,
     )
+
+
+def cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    """Cosine similarity of two vectors, computed in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return float(a64 @ b64) / norms if norms else 0.0

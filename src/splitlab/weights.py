@@ -3,7 +3,9 @@
 The first run of a scenario trains its model on the scenario's real images
 and stores the weights as safetensors with the test accuracy in the file's
 metadata; later runs load the file at once.  An ONNX model is never trained:
-its weights are the file itself.
+its weights are the file itself.  A model with published weights
+(``ModelInfo.pretrained``, MiniLM) is never trained either: its weights are
+renamed to the stages' parameter names once and cached the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 from splitlab.data import Dataset, load_splits
 from splitlab.errors import ConfigError
-from splitlab.models import StagedModel, build_model
+from splitlab.models import MODELS, StagedModel, build_model
 from splitlab.usercode import is_onnx_file
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ class TrainedWeights:
         The safetensors file (for an ONNX model, the ONNX file).
     test_accuracy:
         Accuracy on the held-out part of the data set when trained; ``None``
-        for an ONNX model whose output is not one score per class.
+        for an ONNX model whose output is not one score per class, and for
+        published weights, which splitlab does not train.
     trained_now:
         True if this call trained them, False if they came from the cache.
     train_s:
@@ -194,6 +197,8 @@ def ensure_weights(
             model_name, dataset=dataset, data_dir=data_dir,
             test_fraction=test_fraction, seed=seed,
         )  # fmt: skip
+    if model_name in MODELS and MODELS[model_name].pretrained is not None:
+        return _published_weights(model_name, root=root)
     path = weights_path(
         model_name, dataset, data_dir=data_dir, epochs=epochs, seed=seed, root=root
     )
@@ -256,6 +261,28 @@ def _onnx_weights(
     return TrainedWeights(
         Path(model_name).resolve(), accuracy, trained_now=False, train_s=0.0
     )
+
+
+def _published_weights(model_name: str, *, root: Path | None) -> TrainedWeights:
+    """Cache a pretrained model's weights under its stages' names, once."""
+    path = (root or cache_dir()) / "weights" / f"{model_name}-pretrained.safetensors"
+    if path.is_file():
+        try:
+            load_file(str(path))
+            logger.info("using cached weights %s", path)
+            return TrainedWeights(path, None, trained_now=False, train_s=0.0)
+        except (OSError, ValueError, SafetensorError) as error:
+            logger.warning("cached weights %s are unreadable (%s); renaming anew",
+                           path, error)  # fmt: skip
+    pretrained = MODELS[model_name].pretrained
+    assert pretrained is not None
+    state = pretrained()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file(state, str(partial), metadata={"model": model_name, "trained": "no"})
+    partial.replace(path)
+    logger.info("cached the published weights of %s in %s", model_name, path)
+    return TrainedWeights(path, None, trained_now=False, train_s=0.0)
 
 
 def load_trained(model_name: str, path: Path, *, classes: int) -> StagedModel:
