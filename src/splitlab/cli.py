@@ -936,5 +936,54 @@ def rerun(run_id: int, workspace: Path | None) -> None:
         sys.exit(5)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Say what this machine offers the testbed, and what each backend uses.
+
+    Kernel features are tried in a scratch network namespace and cgroup that
+    are removed after.  Exits 0 even when something is missing.
+    """
+    from splitlab.doctor import examine
+
+    report = examine()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    table = Table("probe", "", "detail", box=box.SIMPLE_HEAD)
+    for probe in report.probes:
+        mark = "[green]yes[/]" if probe.ok else "[red]no[/]"
+        table.add_row(probe.name, mark, probe.detail)
+    console.print(table)
+    for plan in report.backends:
+        state = "usable" if plan.usable else "[red]not usable[/]"
+        console.print(f"[bold]{plan.backend}[/] ({state}): {'; '.join(plan.uses)}")
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Measure again even when cached.")
+def calibrate(force: bool) -> None:
+    """Measure this machine's single-core speed and print each device class's
+    CPU share (cached per CPU model and torch version)."""
+    from splitlab.calibration import CLASSES, cache_file
+    from splitlab.calibration import calibrate as measure
+
+    result = measure(force=force)
+    console.print(
+        f"this machine: {result.gflops:.1f} GFLOP/s fp32 on one thread "
+        f"({result.cpu_model}, torch {result.torch_version}, spread "
+        f"{result.spread:.0%} over {result.repeats} repeats); cache "
+        f"{cache_file()}",
+        highlight=False,
+    )
+    table = Table("class", "board", "CPU", "reference GFLOP/s", "CPU share",
+                  "memory MB", box=box.SIMPLE_HEAD)  # fmt: skip
+    for spec in CLASSES.values():
+        share = result.share(spec.name)
+        table.add_row(spec.name, spec.title, spec.cpu, f"{spec.reference_gflops:g}",
+                      f"{share:.3f}", str(spec.memory_mb))  # fmt: skip
+    console.print(table)
+
+
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 import splitlab
+from splitlab import calibration
 from splitlab.data import load_held_out
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
@@ -108,6 +109,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _run_environment(scenario: Scenario) -> dict[str, Any]:
+    """:func:`environment`, plus the calibration when a device names a class."""
+    facts = environment()
+    if any(device.cpu_share is None for device in scenario.devices):
+        facts["calibration"] = calibration.current().record()
+    return facts
+
+
 def prepare_weights(scenario: Scenario, *, progress: bool = False) -> TrainedWeights:
     """Load the scenario's model weights from the cache, training them if absent."""
     return ensure_weights(
@@ -164,7 +173,7 @@ def run_scenario(
             seed=scenario.seed,
             algorithm=scenario.algorithm,
             scheduler=scenario.scheduler,
-            environment=environment(),
+            environment=_run_environment(scenario),
             test_accuracy=weights.test_accuracy,
         )
     else:
