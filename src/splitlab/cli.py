@@ -322,6 +322,29 @@ def _print_summary(summary: RunSummary) -> None:
     )
     if run.reason:
         console.print(f"reason: {run.reason}")
+    if summary.usage or summary.energy_per_task_j:
+        _print_usage(summary)
+
+
+def _print_usage(summary: RunSummary) -> None:
+    table = Table("node", "samples", "CPU mean", "CPU peak", "RSS peak MB",
+                  "RTT p50 ms", "energy/task J", box=box.SIMPLE_HEAD,
+                  title="resources: CPU in cores; modelled energy per task",
+                  title_justify="left")  # fmt: skip
+    usage = {row.node: row for row in summary.usage}
+    for node in [*usage, *(d for d in summary.energy_per_task_j if d not in usage)]:
+        row = usage.get(node)
+        energy = summary.energy_per_task_j.get(node)
+        table.add_row(
+            node,
+            "-" if row is None else str(row.samples),
+            "-" if row is None or math.isnan(row.cpu_mean) else f"{row.cpu_mean:.2f}",
+            "-" if row is None or math.isnan(row.cpu_peak) else f"{row.cpu_peak:.2f}",
+            "-" if row is None else f"{row.rss_peak_bytes / 2**20:.0f}",
+            "-" if row is None else _ms(row.rtt_median_s),
+            "-" if energy is None else f"{energy:.3f}",
+        )
+    console.print(table)
 
 
 @main.command()
@@ -895,7 +918,7 @@ def export(
     *, run_ids: tuple[int, ...], fmt: Any, out: Path, workspace: Path | None
 ) -> None:
     """Write RUN_IDS (every run when omitted) as tables: runs, nodes,
-    stage_profiles, cuts, predictions, tasks, slices."""
+    stage_profiles, cuts, predictions, tasks, slices, samples, energy."""
     from splitlab.export import export_runs
 
     with ResultStore(_existing_store(workspace)) as store:

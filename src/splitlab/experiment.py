@@ -28,6 +28,7 @@ from splitlab import calibration
 from splitlab.data import load_held_out
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
+from splitlab.monitor import Monitor, local_targets, store_sink
 from splitlab.results import NodeRecord, ResultStore
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.station import StationConfig
@@ -184,6 +185,7 @@ def run_scenario(
         scenario, prefix=f"r{run_id}p{os.getpid()}", prefer=limit_mechanism
     )
     reason: str | None = None
+    monitor: Monitor | None = None
     try:
         events = testbed.start_station(
             StationConfig(
@@ -208,6 +210,7 @@ def run_scenario(
             secret=secret,
             port=int(first["port"]),
         )
+        monitor = _start_monitor(scenario, testbed, path, run_id, int(first["port"]))
         if on_started:
             on_started(testbed)
         for event in events:
@@ -220,6 +223,8 @@ def run_scenario(
         reason = "interrupted"
         raise
     finally:
+        if monitor is not None:
+            monitor.stop()
         testbed.close()
         if store.run(run_id).status == "running":
             store.finish_run(run_id, "incomplete", reason or "the run was stopped")
@@ -306,6 +311,30 @@ def _alive(pid: int) -> bool:
         return False
     # The state follows the command name, which is in parentheses.
     return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
+def _start_monitor(
+    scenario: Scenario, testbed: LocalTestbed, path: Path, run_id: int, port: int
+) -> Monitor | None:
+    """Sample every node's CPU, memory and RTT into the store, if enabled."""
+    if not scenario.monitoring.enabled:
+        return None
+    assert testbed.station is not None
+    targets = local_targets(
+        station_pid=testbed.station.pid,
+        station_name=scenario.base_station.name,
+        devices={name: d.process.pid for name, d in testbed.devices.items()},
+        port=port,
+    )
+    # Its own connection, so the sampling thread never shares one.
+    sink_store = ResultStore(path)
+    monitor = Monitor(
+        targets,
+        interval_s=scenario.monitoring.interval_s,
+        sink=store_sink(sink_store, run_id),
+        on_stop=sink_store.close,
+    )
+    return monitor.start()
 
 
 def _record_nodes(
