@@ -178,7 +178,8 @@ def tree_usage(pid: int) -> tuple[float, int] | None:
     """CPU seconds and resident bytes of ``pid`` and its descendants.
 
     CPU counts user and system time, and that of children already reaped,
-    so it only grows while the tree lives.  ``None`` if ``pid`` is gone.
+    so it grows while the tree lives (but for a reap seen half-way through
+    one reading).  ``None`` if ``pid`` is gone.
     """
     cpu_ticks = 0
     rss_bytes = 0
@@ -189,9 +190,12 @@ def tree_usage(pid: int) -> tuple[float, int] | None:
             resident = int(Path(f"/proc/{member}/statm").read_text().split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if fields[0] in ("Z", "X"):
-            continue
-        found = found or member == pid
+        # A zombie child still holds its CPU time until its parent reaps it
+        # (then the parent's cutime does), so it counts; a zombie node is gone.
+        if member == pid:
+            if fields[0] in ("Z", "X"):
+                return None
+            found = True
         # utime, stime, cutime, cstime are fields 14 to 17.
         cpu_ticks += sum(int(value) for value in fields[11:15])
         rss_bytes += resident * _PAGE_BYTES
@@ -266,11 +270,16 @@ class Monitor:
                 continue
             cpu_s, rss_bytes = usage
             cpu_fraction = None
+            # The CPU total can dip for a moment while a child is reaped; only
+            # what rises above its highest reading so far is new CPU time, so
+            # a dip and its recovery are not counted twice.
+            high = cpu_s
             if target.node in self._last:
-                then, cpu_then = self._last[target.node]
+                then, high = self._last[target.node]
                 if now > then:
-                    cpu_fraction = max(0.0, (cpu_s - cpu_then) / (now - then))
-            self._last[target.node] = (now, cpu_s)
+                    cpu_fraction = max(0.0, cpu_s - high) / (now - then)
+                high = max(high, cpu_s)
+            self._last[target.node] = (now, high)
             samples.append(
                 UsageSample(
                     node=target.node,
