@@ -199,3 +199,63 @@ def test_monitoring_can_be_switched_off_and_round_trips() -> None:
     assert not again.monitoring.enabled
     fast = parse_scenario({**base, "monitoring": {"interval_s": 0.2}}, source="t")
     assert fast.monitoring.enabled and fast.monitoring.interval_s == 0.2
+
+
+@pytest.mark.slow
+def test_a_local_run_records_every_nodes_usage(tmp_path: Path) -> None:
+    from splitlab import calibration
+    from splitlab.experiment import run_scenario
+    from splitlab.export import export_runs, read_export
+    from splitlab.report import summarise
+
+    scenario = parse_scenario(
+        {
+            "name": "watched",
+            "model": "alexnet-small",
+            "training": {"epochs": 1},
+            "workload": {"tasks_per_device": 6, "period_ms": 200},
+            "profiling": {"warmup": 1, "repeats": 3},
+            "monitoring": {"interval_s": 0.25},
+            "devices": [
+                {"name": "pi", "class": "rpi4",
+                 "link": {"latency_ms": 5, "rate_mbps": 20}},
+                {"name": "fast", "cpu_share": 0.5,
+                 "link": {"latency_ms": 5, "rate_mbps": 20}},
+            ],
+        },
+        source="test",
+    )  # fmt: skip
+    events: list[dict[str, object]] = []
+    outcome = run_scenario(scenario, workspace=tmp_path, on_event=events.append)
+    assert outcome.status == "completed", outcome.reason
+    assert not [e for e in events if e["event"] == "refused"]
+
+    with ResultStore(outcome.store) as store:
+        samples = store.samples(outcome.run_id)
+        nodes = {node.node: node for node in store.nodes(outcome.run_id)}
+        environment = store.run(outcome.run_id).environment
+        summary = summarise(store, outcome.run_id)
+        export_runs(store, [outcome.run_id], tmp_path / "out", fmt="csv")
+
+    # The class's share is this machine's calibration, and the run says so.
+    share = calibration.current().share("rpi4")
+    assert environment["calibration"]["shares"]["rpi4"] == pytest.approx(share)
+    assert nodes["pi"].cpu_share == pytest.approx(share, rel=0.05)
+
+    usage = {row.node: row for row in summary.usage}
+    assert set(usage) == {"bs", "pi", "fast"}
+    for name in ("pi", "fast"):
+        row = usage[name]
+        assert row.samples >= 4
+        assert 0 < row.rtt_median_s < 0.5
+        assert row.rss_peak_bytes > 20 * 2**20
+        # A device is held to its share; sampling noise aside, it stays there.
+        assert 0 < row.cpu_mean <= (nodes[name].cpu_share or 0) * 1.3 + 0.05
+    assert math.isnan(usage["bs"].rtt_median_s)
+    assert {s.node for s in samples} == {"bs", "pi", "fast"}
+    assert set(summary.energy_per_task_j) == {"pi"}
+    assert summary.energy_per_task_j["pi"] > 0
+
+    back = read_export(tmp_path / "out", fmt="csv")
+    assert len(back["samples"]) == len(samples)
+    assert len(back["energy"]) == 6
