@@ -126,10 +126,11 @@ def task_energy(
 
 def device_classes(scenario_yaml: str) -> dict[str, str]:
     """Each device's class in a stored scenario (devices without one omitted)."""
-    data = yaml.safe_load(scenario_yaml) or {}
+    data = yaml.safe_load(scenario_yaml)
+    devices = data.get("devices") if isinstance(data, dict) else None
     return {
         str(device["name"]): str(device["class"])
-        for device in data.get("devices") or []
+        for device in (devices if isinstance(devices, list) else [])
         if isinstance(device, dict) and device.get("class") in POWER_MODELS
     }
 
