@@ -69,6 +69,7 @@ def test_netem_probe_agrees_with_tc_in_a_namespace(report: MachineReport) -> Non
         subprocess.run(["ip", "netns", "delete", name], check=True)
     assert report.ok("tc netem") == (netem.returncode == 0)
     assert report.ok("network namespaces")
+    assert report.ok("veth")
 
 
 @pytest.mark.root

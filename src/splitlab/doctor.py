@@ -179,7 +179,8 @@ def _qdisc_probe(namespace: _ScratchNamespace, kind: str, *args: str) -> Probe:
 
 
 def _network_probes(is_root: bool) -> list[Probe]:
-    names = ("network namespaces", "tc netem", "tc htb", "tc tbf", "IFB", "nftables")
+    names = ("network namespaces", "tc netem", "tc htb", "tc tbf", "veth", "IFB",
+             "nftables")  # fmt: skip
     if shutil.which("ip") is None:
         return [
             Probe(n, False, "no ip on PATH (Debian package iproute2)") for n in names
@@ -215,19 +216,20 @@ def _network_probes(is_root: bool) -> list[Probe]:
                     "50ms",
                 )
             )
-        probes.append(_ifb_probe(namespace))
+        probes.append(_link_probe(namespace, "veth", "veth"))
+        probes.append(_link_probe(namespace, "IFB", "ifb"))
         probes.append(_nft_probe(namespace))
     return probes
 
 
-def _ifb_probe(namespace: _ScratchNamespace) -> Probe:
+def _link_probe(namespace: _ScratchNamespace, name: str, kind: str) -> Probe:
     if namespace.error is not None:
-        return Probe("IFB", False, f"no scratch namespace: {namespace.error}")
-    added = _run(["ip", "-n", namespace.name, "link", "add", "ifb0", "type", "ifb"])
+        return Probe(name, False, f"no scratch namespace: {namespace.error}")
+    added = _run(["ip", "-n", namespace.name, "link", "add", "probe0", "type", kind])
     if added.returncode != 0:
-        return Probe("IFB", False, _error(added))
-    _run(["ip", "-n", namespace.name, "link", "delete", "ifb0"])
-    return Probe("IFB", True, "made and removed an ifb device in a scratch netns")
+        return Probe(name, False, _error(added))
+    _run(["ip", "-n", namespace.name, "link", "delete", "probe0"])
+    return Probe(name, True, f"made and removed a link of type {kind} in a scratch netns")
 
 
 def _nft_probe(namespace: _ScratchNamespace) -> Probe:
@@ -377,7 +379,9 @@ def plan_backends(
     )
 
     netns_missing = [
-        name for name in ("root", "network namespaces", "tc htb") if not report.ok(name)
+        name
+        for name in ("root", "network namespaces", "veth", "tc htb")
+        if not report.ok(name)
     ]
     delay = (
         "delay by tc netem"
