@@ -229,7 +229,7 @@ def _link_probe(namespace: _ScratchNamespace, name: str, kind: str) -> Probe:
     if added.returncode != 0:
         return Probe(name, False, _error(added))
     _run(["ip", "-n", namespace.name, "link", "delete", "probe0"])
-    return Probe(name, True, f"made and removed a link of type {kind} in a scratch netns")
+    return Probe(name, True, f"made and removed a {kind}-type link in a scratch netns")
 
 
 def _nft_probe(namespace: _ScratchNamespace) -> Probe:
