@@ -148,8 +148,8 @@ class NodeUsage:
     rtt_median_s: float
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants now alive (``pid`` first)."""
+def children_map() -> dict[int, list[int]]:
+    """Every process's children, from one pass over ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -157,6 +157,18 @@ def process_tree(pid: int) -> list[int]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             parent = int(_stat_fields(int(entry.name))[1])
             children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def process_tree(
+    pid: int, children: Mapping[int, list[int]] | None = None
+) -> list[int]:
+    """``pid`` and all its descendants now alive (``pid`` first).
+
+    ``children`` is a :func:`children_map` to reuse; read afresh when omitted.
+    """
+    if children is None:
+        children = children_map()
     tree, queue = [], [pid]
     while queue:
         current = queue.pop()
@@ -174,7 +186,9 @@ def _stat_fields(pid: int) -> list[str]:
     return text.rsplit(")", 1)[1].split()
 
 
-def tree_usage(pid: int) -> tuple[float, int] | None:
+def tree_usage(
+    pid: int, children: Mapping[int, list[int]] | None = None
+) -> tuple[float, int] | None:
     """CPU seconds and resident bytes of ``pid`` and its descendants.
 
     CPU counts user and system time, and that of children already reaped,
@@ -184,7 +198,7 @@ def tree_usage(pid: int) -> tuple[float, int] | None:
     cpu_ticks = 0
     rss_bytes = 0
     found = False
-    for member in process_tree(pid):
+    for member in process_tree(pid, children):
         try:
             fields = _stat_fields(member)
             resident = int(Path(f"/proc/{member}/statm").read_text().split()[1])
@@ -263,9 +277,10 @@ class Monitor:
     def sample(self) -> list[UsageSample]:
         """One round: a sample of every target still alive."""
         samples = []
+        children = children_map()
         for target in self.targets:
             now = time.monotonic()
-            usage = tree_usage(target.pid)
+            usage = tree_usage(target.pid, children)
             if usage is None:
                 continue
             cpu_s, rss_bytes = usage
@@ -292,8 +307,9 @@ class Monitor:
         return samples
 
     def _baseline(self) -> None:
+        children = children_map()
         for target in self.targets:
-            usage = tree_usage(target.pid)
+            usage = tree_usage(target.pid, children)
             if usage is not None:
                 self._last[target.node] = (time.monotonic(), usage[0])
 
