@@ -41,6 +41,9 @@ REPEAT_S = 0.15
 # finer than the smallest CPU share the limiter enforces is not a limit.
 MAX_SHARE = 1.0
 MIN_SHARE = 0.01
+# Names the workload and how it is timed; part of the cache key, so a
+# change to either measures again.
+METHOD = f"fp32-gemm-{GEMM_SIZE}-one-thread-cpu-time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,14 +209,16 @@ def cpu_model() -> str:
 def cache_file(root: Path | None = None) -> Path:
     """Where this machine's calibration is cached.
 
-    The file name carries a hash of the CPU model and the torch version, so
-    a new torch or a disk moved to another machine measures again.
+    The file name carries a hash of the CPU model, the torch version and
+    the :data:`METHOD`, so a new torch, a disk moved to another machine or
+    a changed workload measures again.
     """
     import torch
 
     from splitlab.weights import cache_dir
 
-    key = hashlib.sha256(f"{cpu_model()}\n{torch.__version__}".encode()).hexdigest()
+    identity = f"{cpu_model()}\n{torch.__version__}\n{METHOD}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
     return (root or cache_dir()) / "calibration" / f"{key[:16]}.json"
 
 
