@@ -31,7 +31,7 @@ def test_the_bundled_default_has_four_different_links() -> None:
     assert sorted(link.latency_ms for link in links) == [5, 20, 50, 100]
     assert sorted(link.rate_mbps for link in links) == [5, 10, 20, 50]
     assert scenario.workload.tasks_per_device == 20
-    assert all(device.share == 0.25 for device in scenario.devices)
+    assert all(device.device_class == "rpi4" for device in scenario.devices)
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
@@ -89,7 +89,8 @@ def test_link_spec_is_in_si_units() -> None:
         ),
         (
             lambda s: s["devices"][0].update(**{"class": "cray"}),
-            "devices[0].class: Input should be 'rpi4' or 'rpi3' (got 'cray')",
+            "devices[0].class: Input should be 'rpi4', 'rpi3', 'jetson-nano' or "
+            "'laptop' (got 'cray')",
         ),
         (
             lambda s: s.update(workload={"tasks_per_device": 0}),

@@ -54,6 +54,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.middleware.base import RequestResponseEndpoint
 
+from splitlab import calibration
 from splitlab.errors import ConfigError, SplitlabError
 from splitlab.experiment import STORE_NAME
 from splitlab.models import MODELS
@@ -62,7 +63,7 @@ from splitlab.plan import ALGORITHMS
 from splitlab.report import OVERALL, compare_runs, summarise
 from splitlab.results import ResultStore
 from splitlab.scenario import (
-    DEVICE_CLASSES,
+    DataConfig,
     Scenario,
     load_scenario,
     parse_scenario,
@@ -592,13 +593,19 @@ def create_app(workspace: Path, *, token: str | None) -> FastAPI:
             ],
             "algorithms": sorted(ALGORITHMS),
             "schedulers": sorted(SCHEDULERS),
+            # Shares come from this machine's calibration (measured once and
+            # cached; see splitlab.calibration).
             "device_classes": {
-                name: {"cpu_share": share, "memory_mb": memory}
-                for name, (share, memory) in DEVICE_CLASSES.items()
+                name: {
+                    "cpu_share": calibration.share_of(name),
+                    "memory_mb": spec.memory_mb,
+                    "title": spec.title,
+                }
+                for name, spec in calibration.CLASSES.items()
             },
             "objectives": list(OBJECTIVES),
             "backends": list(get_args(Scenario.model_fields["backend"].annotation)),
-            "datasets": ["mnist", "cifar10"],
+            "datasets": list(get_args(DataConfig.model_fields["dataset"].annotation)),
             "arrivals": ["periodic", "poisson"],
             "wifi_range_m": wifi_range_m(),
         }

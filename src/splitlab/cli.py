@@ -336,6 +336,29 @@ def _print_summary(summary: RunSummary) -> None:
     )
     if run.reason:
         console.print(f"reason: {run.reason}")
+    if summary.usage or summary.energy_per_task_j:
+        _print_usage(summary)
+
+
+def _print_usage(summary: RunSummary) -> None:
+    table = Table("node", "samples", "CPU mean", "CPU peak", "RSS peak MB",
+                  "RTT p50 ms", "energy/task J", box=box.SIMPLE_HEAD,
+                  title="resources: CPU in cores; modelled energy per task",
+                  title_justify="left")  # fmt: skip
+    usage = {row.node: row for row in summary.usage}
+    for node in [*usage, *(d for d in summary.energy_per_task_j if d not in usage)]:
+        row = usage.get(node)
+        energy = summary.energy_per_task_j.get(node)
+        table.add_row(
+            node,
+            "-" if row is None else str(row.samples),
+            "-" if row is None or math.isnan(row.cpu_mean) else f"{row.cpu_mean:.2f}",
+            "-" if row is None or math.isnan(row.cpu_peak) else f"{row.cpu_peak:.2f}",
+            "-" if row is None else f"{row.rss_peak_bytes / 2**20:.0f}",
+            "-" if row is None else _ms(row.rtt_median_s),
+            "-" if energy is None else f"{energy:.3f}",
+        )
+    console.print(table)
 
 
 @main.command()
@@ -1013,7 +1036,7 @@ def export(
     *, run_ids: tuple[int, ...], fmt: Any, out: Path, workspace: Path | None
 ) -> None:
     """Write RUN_IDS (every run when omitted) as tables: runs, nodes,
-    stage_profiles, cuts, predictions, tasks, slices."""
+    stage_profiles, cuts, predictions, tasks, slices, samples, energy."""
     from splitlab.export import export_runs
 
     with ResultStore(_existing_store(workspace)) as store:
@@ -1105,6 +1128,55 @@ def ui(host: str, port: int, token: str | None, workspace: Path | None) -> None:
     sys.stdout.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[listener])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Say what this machine offers the testbed, and what each backend uses.
+
+    Kernel features are tried in a scratch network namespace and cgroup that
+    are removed after.  Exits 0 even when something is missing.
+    """
+    from splitlab.doctor import examine
+
+    report = examine()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    table = Table("probe", "", "detail", box=box.SIMPLE_HEAD)
+    for probe in report.probes:
+        mark = "[green]yes[/]" if probe.ok else "[red]no[/]"
+        table.add_row(probe.name, mark, probe.detail)
+    console.print(table)
+    for plan in report.backends:
+        state = "usable" if plan.usable else "[red]not usable[/]"
+        console.print(f"[bold]{plan.backend}[/] ({state}): {'; '.join(plan.uses)}")
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Measure again even when cached.")
+def calibrate(force: bool) -> None:
+    """Measure this machine's single-core speed and print each device class's
+    CPU share (cached per CPU model and torch version)."""
+    from splitlab.calibration import CLASSES, cache_file
+    from splitlab.calibration import calibrate as measure
+
+    result = measure(force=force)
+    console.print(
+        f"this machine: {result.gflops:.1f} GFLOP/s fp32 on one thread "
+        f"({result.cpu_model}, torch {result.torch_version}, spread "
+        f"{result.spread:.0%} over {result.repeats} repeats); cache "
+        f"{cache_file()}",
+        highlight=False,
+    )
+    table = Table("class", "board", "CPU", "reference GFLOP/s", "CPU share",
+                  "memory MB", box=box.SIMPLE_HEAD)  # fmt: skip
+    for spec in CLASSES.values():
+        share = result.share(spec.name)
+        table.add_row(spec.name, spec.title, spec.cpu, f"{spec.reference_gflops:g}",
+                      f"{share:.3f}", str(spec.memory_mb))  # fmt: skip
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ import torch
 import yaml
 
 import splitlab
+from splitlab import calibration
 from splitlab.data import load_inputs
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
+from splitlab.monitor import Monitor, local_targets, store_sink
 from splitlab.results import NodeRecord, ResultStore
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.station import StationConfig
@@ -108,6 +110,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _run_environment(scenario: Scenario) -> dict[str, Any]:
+    """:func:`environment`, plus the calibration when a device names a class."""
+    facts = environment()
+    if any(device.cpu_share is None for device in scenario.devices):
+        facts["calibration"] = calibration.current().record()
+    return facts
+
+
 def prepare_weights(scenario: Scenario, *, progress: bool = False) -> TrainedWeights:
     """Load the scenario's model weights from the cache, training them if absent."""
     return ensure_weights(
@@ -164,7 +174,7 @@ def run_scenario(
             seed=scenario.seed,
             algorithm=scenario.algorithm,
             scheduler=scenario.scheduler,
-            environment=environment(),
+            environment=_run_environment(scenario),
             test_accuracy=weights.test_accuracy,
         )
     else:
@@ -175,6 +185,7 @@ def run_scenario(
         scenario, prefix=f"r{run_id}p{os.getpid()}", prefer=limit_mechanism
     )
     reason: str | None = None
+    monitor: Monitor | None = None
     try:
         events = testbed.start_station(
             StationConfig(
@@ -199,6 +210,7 @@ def run_scenario(
             secret=secret,
             port=int(first["port"]),
         )
+        monitor = _start_monitor(scenario, testbed, path, run_id, int(first["port"]))
         if on_started:
             on_started(testbed)
         for event in events:
@@ -211,6 +223,8 @@ def run_scenario(
         reason = "interrupted"
         raise
     finally:
+        if monitor is not None:
+            monitor.stop()
         testbed.close()
         if store.run(run_id).status == "running":
             store.finish_run(run_id, "incomplete", reason or "the run was stopped")
@@ -297,6 +311,30 @@ def _alive(pid: int) -> bool:
         return False
     # The state follows the command name, which is in parentheses.
     return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
+def _start_monitor(
+    scenario: Scenario, testbed: LocalTestbed, path: Path, run_id: int, port: int
+) -> Monitor | None:
+    """Sample every node's CPU, memory and RTT into the store, if enabled."""
+    if not scenario.monitoring.enabled:
+        return None
+    assert testbed.station is not None
+    targets = local_targets(
+        station_pid=testbed.station.pid,
+        station_name=scenario.base_station.name,
+        devices={name: d.process.pid for name, d in testbed.devices.items()},
+        port=port,
+    )
+    # Its own connection, so the sampling thread never shares one.
+    sink_store = ResultStore(path)
+    monitor = Monitor(
+        targets,
+        interval_s=scenario.monitoring.interval_s,
+        sink=store_sink(sink_store, run_id),
+        on_stop=sink_store.close,
+    )
+    return monitor.start()
 
 
 def _record_nodes(

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from splitlab.energy import run_energy
 from splitlab.errors import ConfigError
 from splitlab.results import ResultStore
 
@@ -113,6 +114,22 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "stages": "int64",
         "start_s": "float64",
         "end_s": "float64",
+    },
+    "samples": {
+        "run_id": "int64",
+        "node": "string",
+        "at": "float64",
+        "cpu_fraction": "float64",
+        "rss_bytes": "int64",
+        "rtt_s": "float64",
+    },
+    "energy": {
+        "run_id": "int64",
+        "task_id": "int64",
+        "device": "string",
+        "compute_j": "float64",
+        "link_j": "float64",
+        "total_j": "float64",
     },
 }
 
@@ -241,6 +258,16 @@ def _records_frame(table: str, run_id: int, records: Sequence[object]) -> pd.Dat
     )
 
 
+def samples_frame(store: ResultStore, run_id: int) -> pd.DataFrame:
+    """Every node's monitoring samples: CPU in cores, memory in bytes, RTT in s."""
+    return _records_frame("samples", run_id, store.samples(run_id))
+
+
+def energy_frame(store: ResultStore, run_id: int) -> pd.DataFrame:
+    """Every task's modelled energy on its device, in joules."""
+    return _records_frame("energy", run_id, run_energy(store, run_id))
+
+
 _PER_RUN: dict[str, Callable[[ResultStore, int], pd.DataFrame]] = {
     "nodes": nodes_frame,
     "stage_profiles": profiles_frame,
@@ -248,6 +275,8 @@ _PER_RUN: dict[str, Callable[[ResultStore, int], pd.DataFrame]] = {
     "predictions": predictions_frame,
     "tasks": tasks_frame,
     "slices": slices_frame,
+    "samples": samples_frame,
+    "energy": energy_frame,
 }
 
 

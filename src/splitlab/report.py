@@ -18,14 +18,16 @@ import math
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 import yaml
 
+from splitlab.energy import mean_by_device, run_energy
 from splitlab.errors import ConfigError
+from splitlab.monitor import NodeUsage, summarise_usage
 from splitlab.results import PredictionRecord, ResultStore, RunRecord, TaskRecord
 from splitlab.usercode import is_onnx_file
 
@@ -94,6 +96,12 @@ class RunSummary:
         For an encoder (MiniLM), the lowest cosine similarity of a task's
         split embedding to the unsplit model's, as the station verified it;
         ``accuracy`` is then ``None``.  ``None`` for a classifier.
+    usage:
+        Each node's CPU, memory and RTT from the monitoring samples (empty
+        when monitoring was off).
+    energy_per_task_j:
+        Mean modelled energy per task, in joules, of each device that names
+        a device class (see :mod:`splitlab.energy`).
     """
 
     run: RunRecord
@@ -104,6 +112,8 @@ class RunSummary:
     limit_mechanisms: tuple[str, ...]
     deadline_misses: int | None = None
     min_cosine: float | None = None
+    usage: tuple[NodeUsage, ...] = ()
+    energy_per_task_j: Mapping[str, float] = field(default_factory=dict)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -185,6 +195,8 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
         limit_mechanisms=tuple(mechanisms),
         deadline_misses=_deadline_misses(run, tasks),
         min_cosine=min_cosine,
+        usage=summarise_usage(store.samples(run_id)),
+        energy_per_task_j=mean_by_device(run_energy(store, run_id)),
     )
 
 

@@ -119,6 +119,14 @@ CREATE TABLE IF NOT EXISTS slices (
     start_s REAL NOT NULL,
     end_s REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS samples (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    node TEXT NOT NULL,
+    at REAL NOT NULL,
+    cpu_fraction REAL,
+    rss_bytes INTEGER NOT NULL,
+    rtt_s REAL
+);
 CREATE TABLE IF NOT EXISTS events (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
     at REAL NOT NULL,
@@ -194,6 +202,33 @@ class SliceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSample:
+    """One node's resource use at one moment of a run (see splitlab.monitor).
+
+    Attributes
+    ----------
+    node:
+        The node's name.
+    at:
+        Unix time of the sample.
+    cpu_fraction:
+        CPU time of the node's processes over the interval before the sample,
+        as a fraction of one core; ``None`` for a node's first sample.
+    rss_bytes:
+        Resident memory of the node's processes.
+    rtt_s:
+        Round-trip time to the base station, or ``None`` when not measured
+        or not answered.
+    """
+
+    node: str
+    at: float
+    cpu_fraction: float | None
+    rss_bytes: int
+    rtt_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     """A node as it was realised for a run."""
 
@@ -229,6 +264,7 @@ class RunRecord:
 _TASK_COLUMNS = tuple(field.name for field in fields(TaskRecord))
 _PREDICTION_COLUMNS = tuple(field.name for field in fields(PredictionRecord))
 _SLICE_COLUMNS = tuple(field.name for field in fields(SliceRecord))
+_SAMPLE_COLUMNS = tuple(field.name for field in fields(UsageSample))
 
 
 class ResultStore:
@@ -420,6 +456,16 @@ class ResultStore:
                 [(int(ok), diff, run_id, task_id) for task_id, ok, diff in results],
             )
 
+    def record_samples(self, run_id: int, samples: Sequence[UsageSample]) -> None:
+        """Commit one round of monitoring samples."""
+        placeholders = ", ".join("?" * (len(_SAMPLE_COLUMNS) + 1))
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT INTO samples (run_id, {', '.join(_SAMPLE_COLUMNS)})"
+                f" VALUES ({placeholders})",
+                [(run_id, *asdict(sample).values()) for sample in samples],
+            )
+
     def record_event(self, run_id: int, node: str, kind: str, detail: str) -> None:
         """Append a line to the run's event log."""
         with self._transaction() as db:
@@ -561,6 +607,15 @@ class ResultStore:
                 repeats=first[8],
             )
         return profiles
+
+    def samples(self, run_id: int) -> list[UsageSample]:
+        """A run's monitoring samples, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {', '.join(_SAMPLE_COLUMNS)} FROM samples WHERE run_id = ?"
+            " ORDER BY at, node",
+            (run_id,),
+        )
+        return [UsageSample(*row) for row in rows]
 
     def events(self, run_id: int) -> list[tuple[float, str, str, str]]:
         """A run's event log: ``(at, node, kind, detail)``."""

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from splitlab.calibration import CLASSES, share_of
 from splitlab.errors import ConfigError
 from splitlab.link import LinkSpec
 from splitlab.usercode import is_onnx_file, is_reference
@@ -32,12 +33,9 @@ from splitlab.workload import TaskSpec, generate_tasks
 
 DEFAULT_SCENARIO = "default"
 
-# Presets a device can name with ``class``: a share of one core of the machine
-# that runs the emulation, and the board's memory.
-DEVICE_CLASSES: dict[str, tuple[float, int]] = {
-    "rpi4": (0.25, 4096),
-    "rpi3": (0.12, 1024),
-}
+# Presets a device can name with ``class``; their figures and CPU shares are
+# in splitlab.calibration.
+DeviceClassName = Literal["rpi4", "rpi3", "jetson-nano", "laptop"]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -77,7 +75,7 @@ class DeviceConfig(_Strict):
     """An end device: its speed, memory and link."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
-    device_class: Literal["rpi4", "rpi3"] | None = Field(default=None, alias="class")
+    device_class: DeviceClassName | None = Field(default=None, alias="class")
     cpu_share: Annotated[float, Field(gt=0, le=64)] | None = None
     memory_mb: Annotated[int, Field(gt=0, le=2**30, strict=True)] | None = None
     # Static priority for the priority scheduler: lower runs first.
@@ -97,11 +95,16 @@ class DeviceConfig(_Strict):
 
     @property
     def share(self) -> float:
-        """The share of one core the device is held to."""
+        """The share of one core the device is held to.
+
+        An explicit ``cpu_share`` wins; a class's share comes from this
+        machine's calibration, measured (or read from its cache) the first
+        time a process asks, never while a scenario is validated.
+        """
         if self.cpu_share is not None:
             return self.cpu_share
         assert self.device_class is not None
-        return DEVICE_CLASSES[self.device_class][0]
+        return share_of(self.device_class)
 
     @property
     def memory_bytes(self) -> int:
@@ -109,7 +112,7 @@ class DeviceConfig(_Strict):
         if self.memory_mb is not None:
             return self.memory_mb * 2**20
         if self.device_class is not None:
-            return DEVICE_CLASSES[self.device_class][1] * 2**20
+            return CLASSES[self.device_class].memory_mb * 2**20
         return 4096 * 2**20
 
 
@@ -161,6 +164,16 @@ class ProfilingConfig(_Strict):
     repeats: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 20
 
 
+class MonitoringConfig(_Strict):
+    """How often every node's CPU, memory and RTT are sampled during a run.
+
+    ``monitoring: off`` in a scenario turns sampling off.
+    """
+
+    enabled: bool = True
+    interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
+
+
 class TrainingConfig(_Strict):
     """How the bundled model's weights are trained when none are cached."""
 
@@ -180,6 +193,7 @@ class Scenario(_Strict):
     profiling: ProfilingConfig = ProfilingConfig()
     training: TrainingConfig = TrainingConfig()
     replan: ReplanConfig | None = None
+    monitoring: MonitoringConfig = MonitoringConfig()
     algorithm: str = "greedy"
     scheduler: str = "fcfs"
     base_station: BaseStationConfig = BaseStationConfig()
@@ -201,6 +215,14 @@ class Scenario(_Strict):
                 raise ValueError(f"device name {device.name!r} is used twice")
             seen.add(device.name)
         return devices
+
+    @field_validator("monitoring", mode="before")
+    @classmethod
+    def _monitoring_switch(cls, value: object) -> object:
+        # YAML reads `off` and `on` as booleans.
+        if isinstance(value, bool):
+            return {"enabled": value}
+        return value
 
     @field_validator("model")
     @classmethod

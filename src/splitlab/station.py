@@ -50,7 +50,14 @@ from splitlab.scenario import Scenario, parse_scenario
 from splitlab.schedule import Job, Scheduler, make_scheduler
 from splitlab.verification import verify_run
 from splitlab.weights import load_trained
-from splitlab.wire import DONE_KEY, Channel, Message, MessageKind, decode_tensor
+from splitlab.wire import (
+    DONE_KEY,
+    Channel,
+    ConnectionClosed,
+    Message,
+    MessageKind,
+    decode_tensor,
+)
 from splitlab.workload import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -309,7 +316,15 @@ class BaseStation:
     ) -> tuple[Channel, Message] | None:
         """Authenticate a new connection and read its HELLO; None if refused."""
         try:
-            channel = Channel.accept(sock, secret=self.config.secret, timeout_s=10.0)
+            try:
+                channel = Channel.accept(
+                    sock, secret=self.config.secret, timeout_s=10.0
+                )
+            except ConnectionClosed as error:
+                # A peer that hangs up before authenticating asks for nothing:
+                # the monitor's RTT probe times a TCP connect this way.
+                logger.debug("%s hung up before authenticating: %s", address, error)
+                return None
             hello = channel.recv(timeout_s=10.0)
         except (ProtocolError, TimeoutError, OSError) as error:
             logger.warning("refused a connection from %s: %s", address, error)
