@@ -21,6 +21,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from splitlab.api import access_token, create_app
+from splitlab.calibration import share_of
 from splitlab.experiment import prepare_weights
 from splitlab.placement import wifi_link
 from splitlab.results import ResultStore
@@ -77,7 +78,10 @@ def test_registries_name_what_a_scenario_can_use(client: TestClient) -> None:
     assert "alexnet-small" in {model["name"] for model in answer["models"]}
     assert {"greedy", "local-only", "offload-all"} <= set(answer["algorithms"])
     assert {"fcfs", "sjf", "edf"} <= set(answer["schedulers"])
-    assert answer["device_classes"]["rpi4"] == {"cpu_share": 0.25, "memory_mb": 4096}
+    rpi4 = answer["device_classes"]["rpi4"]
+    assert rpi4["cpu_share"] == pytest.approx(share_of("rpi4"))
+    assert rpi4["memory_mb"] == 4096
+    assert "sentences" in answer["datasets"]
     assert answer["objectives"] == ["total", "variance", "max"]
     assert answer["backends"] == ["local"]
     assert 130 < answer["wifi_range_m"] < 140
