@@ -60,6 +60,9 @@ class LinkConfig(_Strict):
     latency_ms: LatencyMs
     rate_mbps: RateMbps
     jitter_ms: LatencyMs = 0.0
+    # Packets dropped at random, each direction; only the kernel can drop
+    # packets (the netns backend), a TCP stream in the transport cannot.
+    loss_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
 
     def spec(self) -> LinkSpec:
         """The link in SI units."""
@@ -68,6 +71,15 @@ class LinkConfig(_Strict):
             rate_bps=self.rate_mbps * 1e6,
             jitter_s=self.jitter_ms / 1e3,
         )
+
+
+class LoadConfig(_Strict):
+    """Background load on a device, run by ``stress-ng`` inside its limit."""
+
+    # One worker busy this share of the time (``--cpu 1 --cpu-load P``).
+    cpu_percent: Annotated[int, Field(ge=0, le=100, strict=True)] = 0
+    # One worker holding this much memory (``--vm 1 --vm-bytes M``).
+    memory_mb: Annotated[int, Field(ge=0, le=2**20, strict=True)] = 0
 
 
 class DeviceConfig(_Strict):
@@ -80,6 +92,15 @@ class DeviceConfig(_Strict):
     # Static priority for the priority scheduler: lower runs first.
     priority: Annotated[int, Field(ge=-1000, le=1000, strict=True)] = 0
     link: LinkConfig
+    load: LoadConfig | None = None
+    # The CPUs the device (and its load) may run on; all when omitted.
+    cpus: (
+        Annotated[
+            tuple[Annotated[int, Field(ge=0, le=4095, strict=True)], ...],
+            Field(min_length=1, max_length=4096),
+        ]
+        | None
+    ) = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -165,7 +186,7 @@ class Scenario(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] = 1
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "netns", "ssh"] = "local"
     model: str = "alexnet"
     data: DataConfig = DataConfig()
     workload: WorkloadConfig = WorkloadConfig()
@@ -216,6 +237,19 @@ class Scenario(_Strict):
         from splitlab.schedule import SCHEDULERS
 
         return _known("scheduler", value, SCHEDULERS)
+
+    @model_validator(mode="after")
+    def _loss_needs_kernel(self) -> Self:
+        if self.backend != "local":
+            return self
+        for index, device in enumerate(self.devices):
+            if device.link.loss_percent > 0:
+                raise ValueError(
+                    f"devices[{index}].link.loss_percent is "
+                    f"{device.link.loss_percent:g}, but the local backend cannot "
+                    "drop packets of a TCP stream; use backend netns"
+                )
+        return self
 
     @model_validator(mode="after")
     def _distinct_base_station(self) -> Self:
