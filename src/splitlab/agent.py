@@ -109,6 +109,9 @@ class DeviceAgent:
         self.model: StagedModel | None = None
         self.images: np.ndarray[Any, np.dtype[np.float32]] | None = None
         self.link: LinkSpec | None = None
+        # False where the kernel shapes the link (netns, real boards): the
+        # agent then sends unshaped.
+        self.emulate_link = True
         self.seed = 0
         self.on_cut: Callable[[], None] | None = None
 
@@ -196,6 +199,7 @@ class DeviceAgent:
             rate_bps=float(link["rate_bps"]),
             jitter_s=float(link["jitter_s"]),
         )
+        self.emulate_link = bool(link.get("emulate", True))
         self.seed = int(request["seed"])
         sample = torch.tensor(self.images[int(request["sample"])][None])
         profile = profile_model(
@@ -268,7 +272,9 @@ class _Uplink:
         assert agent.link is not None
         self.agent = agent
         self.channel = channel
-        self.sender = ShapedSender(channel, agent.link, seed=agent.seed)
+        self.sender = ShapedSender(
+            channel, agent.link if agent.emulate_link else None, seed=agent.seed
+        )
         self._lock = threading.Lock()
         self._unacked: dict[int, tuple[MessageKind, dict[str, Any], bytes]] = {}
         self._broken = threading.Event()
