@@ -52,7 +52,7 @@ from splitlab.network import (
     teardown_script,
 )
 from splitlab.scenario import Scenario
-from splitlab.testbed import LocalTestbed
+from splitlab.testbed import LocalTestbed, pin
 
 logger = logging.getLogger(__name__)
 
@@ -200,19 +200,36 @@ class NetnsTestbed(LocalTestbed):
             )
         return TestbedCheck(tuple(comparisons))
 
-    def measure_cpu(self, device: str, *, busy_s: float) -> float:
-        """The CPU share a busy loop gets in ``device``'s namespace and limit."""
-        config = next(d for d in self.scenario.devices if d.name == device)
+    def measure_cpu(self, device: str, *, busy_s: float, loaded: bool = False) -> float:
+        """The CPU share a busy loop gets in ``device``'s namespace and limit.
+
+        With ``loaded``, the device's background load runs in the same limit
+        meanwhile, competing for the share as it does during a run.
+        """
+        index, config = next(
+            (i, d) for i, d in enumerate(self.scenario.devices) if d.name == device
+        )
+        load: list[subprocess.Popen[bytes]] = []
+
+        def release(pid: int) -> None:
+            for process in load:
+                process.terminate()
+                process.wait()
+            self.limiter.release(pid)
 
         def limit(pid: int) -> Callable[[], None]:
-            self.limiter.apply(
+            applied = self.limiter.apply(
                 pid,
                 LimitSpec(cpu_share=config.share, memory_bytes=config.memory_bytes),
                 name=f"{device}.check",
             )
             if config.cpus is not None:
-                os.sched_setaffinity(pid, config.cpus)
-            return partial(self.limiter.release, pid)
+                pin(pid, config.cpus, field=f"devices[{index}].cpus")
+            if loaded and config.load is not None:
+                process = self.start_load(index, config, applied)
+                if process is not None:
+                    load.append(process)
+            return partial(release, pid)
 
         return measure_cpu_share(
             ["ip", "netns", "exec", self.plan.device(device).namespace],

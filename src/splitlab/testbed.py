@@ -164,10 +164,27 @@ class LocalTestbed:
         self, index: int, config: DeviceConfig, limit: AppliedLimit
     ) -> None:
         """Start the device's background load inside the device's own limit."""
+        process = self.start_load(index, config, limit)
+        if process is not None:
+            self.loads[config.name] = process
+
+    def start_load(
+        self, index: int, config: DeviceConfig, limit: AppliedLimit
+    ) -> subprocess.Popen[bytes] | None:
+        """Start device ``index``'s background load in the groups of ``limit``.
+
+        Returns the load's process, or ``None`` when the device has no load;
+        the caller stops it.
+
+        Raises
+        ------
+        ConfigError
+            If the limit holds no cgroups the load could join.
+        """
         assert config.load is not None
         command = load_command(config.load, cpus=config.cpus)
         if not command:
-            return
+            return None
         if not limit.groups:
             raise ConfigError(
                 f"devices[{index}].load needs a cgroup limit mechanism, so the "
@@ -183,7 +200,7 @@ class LocalTestbed:
         shell = f"{joins}; exec {shlex.join(command)}"
         wrapped = ["setpriv", "--pdeathsig", "TERM", "--", "sh", "-c", shell]
         logger.debug("%s load: %s", config.name, shlex.join(wrapped))
-        self.loads[config.name] = subprocess.Popen(
+        return subprocess.Popen(
             wrapped,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
