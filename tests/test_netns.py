@@ -19,10 +19,12 @@ import pytest
 
 from splitlab.errors import ConfigError
 from splitlab.experiment import run_scenario
-from splitlab.measure import Effort
+from splitlab.measure import Effort, measure_loss, measure_rate_bps
 from splitlab.netns import NetnsTestbed, remove_networks
 from splitlab.network import (
     MAX_INTERFACE_CHARS,
+    board_script,
+    board_teardown_script,
     choose_octet,
     htb_rate_bps,
     interface_tag,
@@ -286,3 +288,52 @@ def test_testbed_down_clears_a_killed_run(tmp_path: Path) -> None:
         teardown(prefix)
     assert _leftovers(prefix) == []
     assert find_leftovers(prefix) == []
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@needs_root
+def test_a_board_script_shapes_its_own_interface_both_ways(
+    prefix: str, tmp_path: Path
+) -> None:
+    # The base station's end is unshaped, so it stands in for a board's
+    # interface: egress by htb, ingress through an IFB device.
+    scenario = _scenario(
+        [{"name": "pi", "cpu_share": 0.5, "link": {"latency_ms": 0, "rate_mbps": 1000}}]
+    )
+    link = LinkConfig(latency_ms=0, rate_mbps=8, loss_percent=3)
+    testbed = NetnsTestbed(scenario, prefix=prefix, run_dir=tmp_path)
+    try:
+        station, device = testbed.plan.station, testbed.plan.devices[0]
+        script = tmp_path / "board.sh"
+        script.write_text(
+            board_script(station.interface, link, prefix=prefix, netem=False)
+        )
+        exec_in = ["ip", "netns", "exec", station.namespace, "bash"]
+        subprocess.run([*exec_in, str(script)], check=True, capture_output=True)
+        up_bps = measure_rate_bps(
+            device.namespace, station.namespace, station.address,
+            size_bytes=2_000_000, timeout_s=30,
+        )  # fmt: skip
+        down_bps = measure_rate_bps(
+            station.namespace, device.namespace, device.address,
+            size_bytes=2_000_000, timeout_s=30,
+        )  # fmt: skip
+        lost_up = measure_loss(
+            device.namespace, station.namespace, station.address,
+            probes=4000, rate_bps=8e6, latency_s=0,
+        )  # fmt: skip
+        undo = tmp_path / "board-down.sh"
+        undo.write_text(board_teardown_script(station.interface, prefix=prefix))
+        subprocess.run([*exec_in, str(undo)], check=True, capture_output=True)
+        qdiscs = subprocess.run(
+            ["tc", "-n", station.namespace, "qdisc", "show"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        testbed.close()
+    assert up_bps / 8e6 == pytest.approx(1, abs=0.05)
+    assert down_bps / 8e6 == pytest.approx(1, abs=0.05)
+    assert lost_up * 100 == pytest.approx(3, abs=1)
+    assert "htb" not in qdiscs
+    assert "ingress" not in qdiscs

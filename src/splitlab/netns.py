@@ -134,13 +134,18 @@ class NetnsTestbed(LocalTestbed):
         )
 
     def node_command(self, node: str, command: list[str]) -> list[str]:
-        """``command`` run inside ``node``'s namespace (``ip netns exec`` execs,
-        so the process keeps its pid, parent and limits)."""
+        """``command`` run inside ``node``'s network namespace.
+
+        ``nsenter`` enters the namespace and execs the command, so the
+        process keeps its pid, its parent (and parent-death signal) and its
+        limits.  Unlike ``ip netns exec`` it leaves the mount namespace
+        alone, so a device still sees its own cgroup and reports its limit.
+        """
         if node == self.plan.station.node:
             namespace = self.plan.station.namespace
         else:
             namespace = self.plan.device(node).namespace
-        return ["ip", "netns", "exec", namespace, *command]
+        return enter_command(namespace, command)
 
     def check(self, effort: Effort) -> TestbedCheck:
         """Measure every link and every device's CPU share.
@@ -232,7 +237,7 @@ class NetnsTestbed(LocalTestbed):
             return partial(release, pid)
 
         return measure_cpu_share(
-            ["ip", "netns", "exec", self.plan.device(device).namespace],
+            enter_command(self.plan.device(device).namespace, []),
             busy_s=busy_s,
             limit=limit,
             environment=self._environment(),
@@ -283,6 +288,11 @@ class NetnsTestbed(LocalTestbed):
         path.write_text(text)
         path.chmod(0o755)
         logger.debug("%s:\n%s", path, text)
+
+
+def enter_command(namespace: str, command: list[str]) -> list[str]:
+    """``command`` run in network namespace ``namespace`` by ``nsenter``."""
+    return ["nsenter", f"--net=/run/netns/{namespace}", "--", *command]
 
 
 def run_script(path: Path, *, check: bool = True) -> None:

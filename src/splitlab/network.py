@@ -392,6 +392,97 @@ def delay_command(plan: NetworkPlan, *, python: str, seed: int) -> list[str]:
     ]  # fmt: skip
 
 
+def board_script(interface: str, link: LinkConfig, *, prefix: str, netem: bool) -> str:
+    """The bash script that shapes a board's own link, both ways, on the board.
+
+    A board (or any host without a hub in front of it) can shape only its
+    own interface: egress (uplink) with htb directly, ingress (downlink) by
+    redirecting it to an IFB device and shaping that device's egress.  Loss
+    is an nftables table on the board's input and output; latency and
+    jitter come from netem when the kernel has it (without netem a board
+    cannot delay its own packets, and the script says so).
+
+    Raises
+    ------
+    ConfigError
+        If the interface name is not a valid one.
+    """
+    if not 0 < len(interface) <= MAX_INTERFACE_CHARS or "/" in interface:
+        raise ConfigError(f"interface name {interface!r} is not valid")
+    ifb = f"{interface_tag(prefix)}i"
+    rate = f"{htb_rate_bps(link)}bit"
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# splitlab {prefix}: shape {interface} as a {link.rate_mbps:g} Mbit/s, "
+        f"{link.latency_ms:g} ms link, both ways.",
+        "set -eu",
+        "",
+        "# Downlink: what arrives on the interface is shaped on an IFB device.",
+        _q("ip", "link", "add", ifb, "type", "ifb"),
+        _q("ip", "link", "set", ifb, "up"),
+        _q("tc", "qdisc", "add", "dev", interface, "handle", "ffff:", "ingress"),
+        _q("tc", "filter", "add", "dev", interface, "parent", "ffff:", "protocol",
+           "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress",
+           "redirect", "dev", ifb),
+    ]  # fmt: skip
+    delayed = link.latency_ms > 0 or link.jitter_ms > 0
+    for dev in (interface, ifb):
+        lines += [
+            _q("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+               "default", "1"),
+            _q("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1",
+               "htb", "rate", rate, "ceil", rate),
+        ]  # fmt: skip
+        if netem and delayed:
+            delay = ["delay", f"{link.latency_ms:g}ms"]
+            if link.jitter_ms > 0:
+                delay += [f"{link.jitter_ms:g}ms", "distribution", "normal"]
+            lines.append(
+                _q("tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle",
+                   "10:", "netem", *delay, "limit", "100000")
+            )  # fmt: skip
+    if delayed and not netem:
+        lines += ["", "# This kernel has no netem: the link's latency is not emulated."]
+    threshold = round(link.loss_percent * _LOSS_SCALE / 100)
+    if threshold > 0:
+        table = nft_table_name(prefix)
+        lines += [
+            "",
+            "# Loss, each way (DSCP CS1, the check's rate transfers, excepted).",
+            "nft -f - <<'NFT'",
+            f"table inet {table} {{",
+            "  chain input {",
+            "    type filter hook input priority 0; policy accept;",
+            f'    iifname "{interface}" ip dscp != {EXEMPT_DSCP} numgen random '
+            f"mod {_LOSS_SCALE} < {threshold} drop",
+            "  }",
+            "  chain output {",
+            "    type filter hook output priority 0; policy accept;",
+            f'    oifname "{interface}" ip dscp != {EXEMPT_DSCP} numgen random '
+            f"mod {_LOSS_SCALE} < {threshold} drop",
+            "  }",
+            "}",
+            "NFT",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def board_teardown_script(interface: str, *, prefix: str) -> str:
+    """The bash script that undoes :func:`board_script`; every step may fail."""
+    ifb = f"{interface_tag(prefix)}i"
+    steps = [
+        _q("tc", "qdisc", "del", "dev", interface, "root"),
+        _q("tc", "qdisc", "del", "dev", interface, "ingress"),
+        _q("ip", "link", "del", ifb),
+        _q("nft", "delete", "table", "inet", nft_table_name(prefix)),
+    ]
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# splitlab {prefix}: remove the shaping of {interface}.\n"
+        + "".join(f"{step} 2>/dev/null || true\n" for step in steps)
+    )
+
+
 def _shaping(plan: NetworkPlan, node: NodeNetwork) -> list[str]:
     """Rate and delay of one device's link, both directions."""
     link = node.link
