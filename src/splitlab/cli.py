@@ -389,7 +389,8 @@ def testbed() -> None:
 @click.option("--prefix", default=None, help="Only the run with this prefix.")
 @_workspace_option
 def down(prefix: str | None, workspace: Path | None) -> None:
-    """Stop every node process and remove every control group a run left.
+    """Stop every node process and remove every control group and network
+    namespace a run left.
 
     Runs of the workspace's store still marked running, whose base station
     is gone, are marked incomplete.
