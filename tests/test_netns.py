@@ -243,7 +243,10 @@ def test_a_run_on_netns_verifies_every_task(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.root
 @needs_root
-def test_testbed_down_clears_a_killed_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_a_stopped_run_leaves_nothing_after_testbed_down(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(
         "name: killed\nbackend: local\nmodel: cnn-small\n"
@@ -260,7 +263,7 @@ def test_testbed_down_clears_a_killed_run(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 240
         while prefix is None and time.monotonic() < deadline:
-            assert run.poll() is None, "the run ended before it was killed"
+            assert run.poll() is None, "the run ended before it was stopped"
             names = subprocess.run(
                 ["ip", "netns", "list"], capture_output=True, text=True
             ).stdout.split()
@@ -270,19 +273,28 @@ def test_testbed_down_clears_a_killed_run(tmp_path: Path) -> None:
                 prefix = mine[0].split("-")[1]
             time.sleep(0.5)
         assert prefix is not None, "the run built no namespaces"
-        time.sleep(3)
+        # Into the task phase: the agent, its load and the delay stage run.
+        time.sleep(8)
+        assert find_leftovers(prefix) != []
     finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait()
+        run.send_signal(stop)
+        run.wait(timeout=60)
     try:
-        assert _leftovers(prefix) != []
+        if stop == signal.SIGTERM:
+            # The CLI tore its testbed down itself.
+            assert run.returncode != 0
+            assert _leftovers(prefix) == []
+            assert find_leftovers(prefix) == []
+        else:
+            assert _leftovers(prefix) != []
         down = subprocess.run(
             [sys.executable, "-m", "splitlab.cli", "testbed", "down",
              "--prefix", prefix, "--workspace", str(tmp_path / "ws")],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert down.returncode == 0, down.stderr
-        assert "removed namespace" in down.stdout
+        if stop == signal.SIGKILL:
+            assert "removed namespace" in down.stdout
     finally:
         remove_networks(prefix)
         teardown(prefix)
