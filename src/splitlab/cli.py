@@ -354,6 +354,11 @@ def summary(run_id: int | None, per_task: bool, workspace: Path | None) -> None:
         if per_task:
             _print_tasks(store, chosen)
         _print_summary(summarise(store, chosen))
+        for _, node, kind, detail in store.events(chosen):
+            if node == "testbed" and kind == "check":
+                _print_check(
+                    TestbedCheck.from_json(detail), title="testbed before the run"
+                )
 
 
 def _print_tasks(store: ResultStore, run_id: int) -> None:
