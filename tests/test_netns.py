@@ -34,7 +34,7 @@ from splitlab.network import (
 )
 from splitlab.results import ResultStore
 from splitlab.scenario import LinkConfig, Scenario, parse_scenario
-from splitlab.testbed import find_leftovers, teardown
+from splitlab.testbed import LocalTestbed, find_leftovers, teardown
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -144,6 +144,29 @@ def test_the_local_backend_refuses_loss_naming_the_field() -> None:
             },
             source="x.yaml",
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"load": {"cpu_percent": 10}}, r"devices\[0\]\.load"),
+     ({"cpus": [4095]}, r"devices\[0\]\.cpus")],
+)  # fmt: skip
+def test_a_load_needs_cgroups_and_pinning_needs_real_cpus(
+    extra: dict[str, object], field: str
+) -> None:
+    scenario = parse_scenario(
+        {"name": "x", "devices": [
+            {"name": "a", "cpu_share": 0.5,
+             "link": {"latency_ms": 1, "rate_mbps": 1}, **extra}]},
+        source="x.yaml",
+    )  # fmt: skip
+    testbed = LocalTestbed(scenario, prefix=f"u{os.getpid()}", prefer="sigstop")
+    try:
+        with pytest.raises(ConfigError, match=field):
+            testbed.start_devices(port=1, secret=bytes(32))
+    finally:
+        testbed.close()
+    assert testbed.loads == {}
 
 
 # Real namespaces.

@@ -137,7 +137,9 @@ class LocalTestbed:
                 if config.cpus is not None:
                     pin(process.pid, config.cpus, field=f"devices[{index}].cpus")
                 if config.load is not None:
-                    self._start_load(index, config, limit)
+                    load = self.start_load(index, config, limit)
+                    if load is not None:
+                        self.loads[config.name] = load
             except BaseException:
                 process.kill()
                 raise
@@ -159,14 +161,6 @@ class LocalTestbed:
             self.devices[config.name] = device
             started.append(device)
         return started
-
-    def _start_load(
-        self, index: int, config: DeviceConfig, limit: AppliedLimit
-    ) -> None:
-        """Start the device's background load inside the device's own limit."""
-        process = self.start_load(index, config, limit)
-        if process is not None:
-            self.loads[config.name] = process
 
     def start_load(
         self, index: int, config: DeviceConfig, limit: AppliedLimit
@@ -229,6 +223,14 @@ class LocalTestbed:
         except KeyError:
             raise TestbedError(f"no device {name!r} in this testbed") from None
         pid = device.process.pid
+        # The device's background load shares its groups; it follows the
+        # device into the new ones.
+        companions = {
+            other
+            for group in device.limit.groups
+            for other in _read_pids(group / "cgroup.procs")
+            if other != pid
+        }
         self.limiter.release(pid)
         limit = self.limiter.apply(
             pid,
@@ -237,6 +239,11 @@ class LocalTestbed:
         )
         for command_line in limit.commands:
             logger.debug("%s: %s", name, command_line)
+        for group in limit.groups:
+            for other in sorted(companions):
+                logger.debug("echo %d > %s", other, group / "cgroup.procs")
+                with contextlib.suppress(ProcessLookupError):
+                    (group / "cgroup.procs").write_text(str(other))
         self.devices[name] = replace(device, limit=limit)
         return limit
 
@@ -279,6 +286,13 @@ class LocalTestbed:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.limiter.close()
+
+
+def _read_pids(path: Path) -> set[int]:
+    try:
+        return {int(pid) for pid in path.read_text().split()}
+    except OSError:
+        return set()
 
 
 def load_command(load: LoadConfig, *, cpus: tuple[int, ...] | None) -> list[str]:
