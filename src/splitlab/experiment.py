@@ -136,7 +136,7 @@ def run_scenario(
     on_started: Callable[[LocalTestbed], None] | None = None,
     resume: int | None = None,
 ) -> RunOutcome:
-    """Run ``scenario`` on the local testbed and record it.
+    """Run ``scenario`` on the testbed of its backend and record it.
 
     Parameters
     ----------

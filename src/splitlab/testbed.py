@@ -4,7 +4,9 @@ The base station and each device run as separate Python processes that talk
 TCP over loopback; links are emulated in the transport (see
 :mod:`splitlab.shaping`); each device process is held to its CPU share and
 memory with the best mechanism the machine offers (see :mod:`splitlab.limit`).
-Teardown always runs and leaves no process or control group behind.
+Teardown always runs and leaves no process or control group behind.  The
+``netns`` testbed (:mod:`splitlab.netns`) extends this one: it places the
+same processes in network namespaces and lets the kernel shape the links.
 """
 
 from __future__ import annotations
