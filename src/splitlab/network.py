@@ -39,6 +39,10 @@ latency and jitter
     once its latency (plus jitter) has passed, and a packet arriving from
     the TUN device is routed normally.  Reverse-path filtering is off in the
     hub, so packets re-entering from a TUN device are accepted.
+
+A board has no hub in front of it: :func:`board_script` shapes a single
+interface both ways on the board itself, the ingress side through an IFB
+device.
 """
 
 from __future__ import annotations
