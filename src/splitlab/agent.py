@@ -108,6 +108,9 @@ class DeviceAgent:
         self.model: StagedModel | None = None
         self.inputs: Samples | None = None
         self.link: LinkSpec | None = None
+        # False where the kernel shapes the link (netns, real boards): the
+        # agent then sends unshaped.
+        self.emulate_link = True
         self.seed = 0
         self.on_cut: Callable[[], None] | None = None
 
@@ -195,6 +198,7 @@ class DeviceAgent:
             rate_bps=float(link["rate_bps"]),
             jitter_s=float(link["jitter_s"]),
         )
+        self.emulate_link = bool(link.get("emulate", True))
         self.seed = int(request["seed"])
         sample = torch.from_numpy(dataset.sample(int(request["sample"])))
         profile = profile_model(
@@ -269,7 +273,9 @@ class _Uplink:
         assert agent.link is not None
         self.agent = agent
         self.channel = channel
-        self.sender = ShapedSender(channel, agent.link, seed=agent.seed)
+        self.sender = ShapedSender(
+            channel, agent.link if agent.emulate_link else None, seed=agent.seed
+        )
         self._lock = threading.Lock()
         self._unacked: dict[int, tuple[MessageKind, dict[str, Any], bytes]] = {}
         self._broken = threading.Event()

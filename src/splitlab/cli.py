@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from splitlab.data import load_inputs
-from splitlab.errors import ConfigError, SplitlabError
+from splitlab.errors import ConfigError, SplitlabError, TestbedError
 from splitlab.experiment import (
     default_workspace,
     mark_abandoned,
@@ -33,7 +34,9 @@ from splitlab.experiment import (
     run_scenario,
     store_path,
 )
+from splitlab.measure import Effort, TestbedCheck
 from splitlab.models import MODELS, StagedModel, build_model
+from splitlab.netns import NetnsTestbed, remove_networks
 from splitlab.plan import (
     ALGORITHMS,
     Algorithm,
@@ -140,6 +143,13 @@ _workspace_option = click.option(
     help="Force a CPU limit mechanism (default: the best available).",
 )
 @click.option(
+    "--backend",
+    type=click.Choice(["local", "netns"]),
+    default=None,
+    help="Realise the testbed as local processes or Linux network namespaces "
+    "(default: the scenario's backend).",
+)
+@click.option(
     "--resume",
     type=int,
     default=None,
@@ -149,6 +159,7 @@ _workspace_option = click.option(
 @_workspace_option
 def run(
     *,
+    backend: str | None,
     resume: int | None,
     scenario: str | None,
     algorithm: str | None,
@@ -170,6 +181,8 @@ def run(
         loaded = _scenario(
             scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
         )
+    if backend is not None:
+        loaded = loaded.with_overrides(backend=backend)
     console.print(
         f"[bold]{loaded.name}[/]: {_count(len(loaded.devices), 'device')}, model "
         f"{loaded.model}, algorithm {loaded.algorithm}, scheduler {loaded.scheduler}"
@@ -237,6 +250,8 @@ def run(
     console.print(f"weights {source}: {weights.path} ({quality})")
     with ResultStore(outcome.store) as store:
         _print_summary(summarise(store, outcome.run_id))
+    if outcome.check is not None:
+        _print_check(outcome.check, title="testbed before the run")
     console.print(f"results: {outcome.store} (run {outcome.run_id})")
     if outcome.status != "completed":
         errors.print(f"[bold red]run incomplete:[/] {outcome.reason}", highlight=False)
@@ -376,6 +391,11 @@ def summary(run_id: int | None, per_task: bool, workspace: Path | None) -> None:
         if per_task:
             _print_tasks(store, chosen)
         _print_summary(summarise(store, chosen))
+        for _, node, kind, detail in store.events(chosen):
+            if node == "testbed" and kind == "check":
+                _print_check(
+                    TestbedCheck.from_json(detail), title="testbed before the run"
+                )
 
 
 def _print_tasks(store: ResultStore, run_id: int) -> None:
@@ -411,12 +431,13 @@ def testbed() -> None:
 @click.option("--prefix", default=None, help="Only the run with this prefix.")
 @_workspace_option
 def down(prefix: str | None, workspace: Path | None) -> None:
-    """Stop every node process and remove every control group a run left.
+    """Stop every node process and remove every control group and network
+    namespace a run left.
 
     Runs of the workspace's store still marked running, whose base station
     is gone, are marked incomplete.
     """
-    for line in teardown(prefix):
+    for line in [*teardown(prefix), *remove_networks(prefix)]:
         console.print(line, highlight=False)
     path = store_path(workspace)
     if path.exists():
@@ -424,6 +445,68 @@ def down(prefix: str | None, workspace: Path | None) -> None:
             for run_id in mark_abandoned(store):
                 console.print(f"marked run {run_id} incomplete")
     console.print("testbed down")
+
+
+@testbed.command()
+@click.argument("scenario", required=False)
+@click.option(
+    "--limit",
+    "limit_mechanism",
+    default=None,
+    type=click.Choice(["cgroup-v2", "cgroup-v1", "cpulimit", "sigstop"]),
+    help="Force a CPU limit mechanism (default: the best available).",
+)
+@_workspace_option
+def check(scenario: str | None, limit_mechanism: Any, workspace: Path | None) -> None:
+    """Build SCENARIO's netns testbed, measure it, and tear it down.
+
+    Every link's latency, rate each way and loss, and every device's CPU
+    share, configured beside measured; exits 4 when one is off by more than
+    its tolerance (5 % for rates, latency and CPU, 1 point for loss).
+    """
+    loaded = load_scenario(scenario).with_overrides(backend="netns")
+    prefix = f"check{os.getpid()}"
+    folder = store_path(workspace).parent / "runs" / prefix
+    signal.signal(signal.SIGTERM, _interrupt)
+    with console.status("building the testbed and measuring it"):
+        bed = NetnsTestbed(
+            loaded, prefix=prefix, run_dir=folder, prefer=limit_mechanism
+        )
+        try:
+            result = bed.check(Effort())
+        finally:
+            bed.close()
+    _print_check(result, title=f"{loaded.name} on the netns testbed")
+    console.print(f"scripts: {folder}", highlight=False)
+    if not result.passed:
+        raise TestbedError("some measured values are off by more than the tolerance")
+
+
+_QUANTITIES = {
+    "latency_ms": "latency (ms, one way)",
+    "uplink_mbps": "rate up (Mbit/s)",
+    "downlink_mbps": "rate down (Mbit/s)",
+    "uplink_loss_percent": "loss up (%)",
+    "downlink_loss_percent": "loss down (%)",
+    "cpu_share": "CPU share",
+}
+
+
+def _print_check(result: TestbedCheck, *, title: str) -> None:
+    table = Table("node", "quantity", "configured", "measured", "error", "",
+                  title=title, title_justify="left",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for item in result.comparisons:
+        error = f"{item.error:+.2f}" if item.absolute else f"{item.error:+.1%}"
+        table.add_row(
+            item.node,
+            _QUANTITIES.get(item.quantity, item.quantity),
+            f"{item.configured:g}",
+            f"{item.measured:.3g}",
+            error,
+            "ok" if item.within else "[red]off[/]",
+        )
+    console.print(table)
 
 
 @main.command()

@@ -28,7 +28,8 @@ from splitlab import calibration
 from splitlab.data import load_inputs
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
-from splitlab.monitor import Monitor, local_targets, store_sink
+from splitlab.measure import QUICK, TestbedCheck
+from splitlab.monitor import Monitor, Target, store_sink
 from splitlab.results import NodeRecord, ResultStore
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.station import StationConfig
@@ -60,6 +61,9 @@ class RunOutcome:
         The weights the run used.
     limit_mechanism:
         How the device processes were held to their CPU shares.
+    check:
+        The netns testbed's links and CPU shares, configured beside measured
+        before the run; ``None`` on other backends.
     """
 
     run_id: int
@@ -68,6 +72,7 @@ class RunOutcome:
     store: Path
     weights: TrainedWeights
     limit_mechanism: str
+    check: TestbedCheck | None = None
 
 
 def default_workspace() -> Path:
@@ -141,7 +146,7 @@ def run_scenario(
     on_started: Callable[[LocalTestbed], None] | None = None,
     resume: int | None = None,
 ) -> RunOutcome:
-    """Run ``scenario`` on the local testbed and record it.
+    """Run ``scenario`` on the testbed of its backend and record it.
 
     Parameters
     ----------
@@ -181,12 +186,17 @@ def run_scenario(
         run_id = resume
         store.reopen_run(run_id)
     secret = secrets.token_bytes(32)
-    testbed = LocalTestbed(
-        scenario, prefix=f"r{run_id}p{os.getpid()}", prefer=limit_mechanism
+    testbed = make_testbed(
+        scenario,
+        prefix=f"r{run_id}p{os.getpid()}",
+        prefer=limit_mechanism,
+        run_dir=run_folder(path, run_id),
     )
     reason: str | None = None
     monitor: Monitor | None = None
+    check: TestbedCheck | None = None
     try:
+        check = _check_testbed(store, run_id, testbed)
         events = testbed.start_station(
             StationConfig(
                 run_id=run_id,
@@ -195,6 +205,7 @@ def run_scenario(
                 weights=weights.path,
                 secret=secret,
                 resume=resume is not None,
+                emulate_links=scenario.backend == "local",
             )
         )
         first = next(events, None)
@@ -243,7 +254,45 @@ def run_scenario(
         store=path,
         weights=weights,
         limit_mechanism=testbed.mechanism,
+        check=check,
     )
+
+
+def run_folder(store: Path, run_id: int) -> Path:
+    """The folder beside the results store that holds a run's files."""
+    return store.parent / "runs" / str(run_id)
+
+
+def make_testbed(
+    scenario: Scenario,
+    *,
+    prefix: str,
+    prefer: Mechanism | None,
+    run_dir: Path,
+) -> LocalTestbed:
+    """The testbed of the scenario's backend, its network built."""
+    if scenario.backend == "netns":
+        from splitlab.netns import NetnsTestbed
+
+        return NetnsTestbed(scenario, prefix=prefix, prefer=prefer, run_dir=run_dir)
+    if scenario.backend != "local":
+        raise TestbedError(f"backend {scenario.backend!r} is not available here")
+    return LocalTestbed(scenario, prefix=prefix, prefer=prefer)
+
+
+def _check_testbed(
+    store: ResultStore, run_id: int, testbed: LocalTestbed
+) -> TestbedCheck | None:
+    """Measure a netns testbed's links and CPU shares; record them and its scripts."""
+    from splitlab.netns import NetnsTestbed
+
+    if not isinstance(testbed, NetnsTestbed):
+        return None
+    for script in testbed.scripts:
+        store.record_event(run_id, "testbed", "script", str(script))
+    check = testbed.check(QUICK)
+    store.record_event(run_id, "testbed", "check", check.to_json())
+    return check
 
 
 def resumable(workspace: Path | None, run_id: int) -> Scenario:
@@ -320,12 +369,13 @@ def _start_monitor(
     if not scenario.monitoring.enabled:
         return None
     assert testbed.station is not None
-    targets = local_targets(
-        station_pid=testbed.station.pid,
-        station_name=scenario.base_station.name,
-        devices={name: d.process.pid for name, d in testbed.devices.items()},
-        port=port,
-    )
+    targets = [
+        Target(scenario.base_station.name, testbed.station.pid),
+        *(
+            Target(name, device.process.pid, testbed.rtt_probe(name, port))
+            for name, device in testbed.devices.items()
+        ),
+    ]
     # Its own connection, so the sampling thread never shares one.
     sink_store = ResultStore(path)
     monitor = Monitor(
@@ -374,6 +424,7 @@ def _record_nodes(
                     "latency_ms": link.latency_ms,
                     "rate_mbps": link.rate_mbps,
                     "jitter_ms": link.jitter_ms,
+                    "loss_percent": link.loss_percent,
                 },
             ),
         )

@@ -61,6 +61,9 @@ class LinkConfig(_Strict):
     latency_ms: LatencyMs
     rate_mbps: RateMbps
     jitter_ms: LatencyMs = 0.0
+    # Packets dropped at random, each direction; only the kernel can drop
+    # packets (the netns backend), a TCP stream in the transport cannot.
+    loss_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
 
     def spec(self) -> LinkSpec:
         """The link in SI units."""
@@ -69,6 +72,15 @@ class LinkConfig(_Strict):
             rate_bps=self.rate_mbps * 1e6,
             jitter_s=self.jitter_ms / 1e3,
         )
+
+
+class LoadConfig(_Strict):
+    """Background load on a device, run by ``stress-ng`` inside its limit."""
+
+    # One worker busy this share of the time (``--cpu 1 --cpu-load P``).
+    cpu_percent: Annotated[int, Field(ge=0, le=100, strict=True)] = 0
+    # One worker holding this much memory (``--vm 1 --vm-bytes M``).
+    memory_mb: Annotated[int, Field(ge=0, le=2**20, strict=True)] = 0
 
 
 class DeviceConfig(_Strict):
@@ -84,6 +96,15 @@ class DeviceConfig(_Strict):
     # link this position implies (splitlab.placement), filled in by Scenario.
     position_m: PositionM | None = None
     link: LinkConfig
+    load: LoadConfig | None = None
+    # The CPUs the device (and its load) may run on; all when omitted.
+    cpus: (
+        Annotated[
+            tuple[Annotated[int, Field(ge=0, le=4095, strict=True)], ...],
+            Field(min_length=1, max_length=4096),
+        ]
+        | None
+    ) = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -186,7 +207,7 @@ class Scenario(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] = 1
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "netns", "ssh"] = "local"
     model: str = "alexnet"
     data: DataConfig = DataConfig()
     workload: WorkloadConfig = WorkloadConfig()
@@ -276,6 +297,19 @@ class Scenario(_Strict):
             raise ValueError(
                 f"data set 'sentences' is text; model {self.model!r} takes images"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _loss_needs_kernel(self) -> Self:
+        if self.backend != "local":
+            return self
+        for index, device in enumerate(self.devices):
+            if device.link.loss_percent > 0:
+                raise ValueError(
+                    f"devices[{index}].link.loss_percent is "
+                    f"{device.link.loss_percent:g}, but the local backend cannot "
+                    "drop packets of a TCP stream; use backend netns"
+                )
         return self
 
     @model_validator(mode="after")

@@ -101,6 +101,9 @@ class StationConfig:
     host: str = "127.0.0.1"
     port: int = 0
     resume: bool = False
+    # Whether the devices emulate their links in the transport (the local
+    # backend); where the kernel shapes the links, they send unshaped.
+    emulate_links: bool = True
 
     @classmethod
     def from_json(cls, line: str) -> StationConfig:
@@ -116,6 +119,7 @@ class StationConfig:
                 host=str(data.get("host", "127.0.0.1")),
                 port=int(data.get("port", 0)),
                 resume=bool(data.get("resume", False)),
+                emulate_links=bool(data.get("emulate_links", True)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"bad station configuration: {error!r}") from None
@@ -132,6 +136,7 @@ class StationConfig:
                 "host": self.host,
                 "port": self.port,
                 "resume": self.resume,
+                "emulate_links": self.emulate_links,
             }
         )
 
@@ -383,6 +388,7 @@ class BaseStation:
                         "latency_s": link.latency_s,
                         "rate_bps": link.rate_bps,
                         "jitter_s": link.jitter_s,
+                        "emulate": self.config.emulate_links,
                     },
                 },
             )

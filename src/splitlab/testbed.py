@@ -4,7 +4,9 @@ The base station and each device run as separate Python processes that talk
 TCP over loopback; links are emulated in the transport (see
 :mod:`splitlab.shaping`); each device process is held to its CPU share and
 memory with the best mechanism the machine offers (see :mod:`splitlab.limit`).
-Teardown always runs and leaves no process or control group behind.
+Teardown always runs and leaves no process or control group behind.  The
+``netns`` testbed (:mod:`splitlab.netns`) extends this one: it places the
+same processes in network namespaces and lets the kernel shape the links.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import contextlib
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from splitlab.errors import TestbedError
+from splitlab.errors import ConfigError, TestbedError
 from splitlab.lifetime import PARENT_VARIABLE
 from splitlab.limit import (
     AppliedLimit,
@@ -31,7 +35,8 @@ from splitlab.limit import (
     cleanup_prefix,
     detect_capabilities,
 )
-from splitlab.scenario import DeviceConfig, Scenario
+from splitlab.monitor import RttProbe, TcpConnectRtt
+from splitlab.scenario import DeviceConfig, LoadConfig, Scenario
 from splitlab.station import StationConfig
 
 logger = logging.getLogger(__name__)
@@ -72,6 +77,27 @@ class LocalTestbed:
         self.limiter = ProcessLimiter(prefix, prefer=prefer)
         self.station: subprocess.Popen[str] | None = None
         self.devices: dict[str, DeviceProcess] = {}
+        self.loads: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def station_host(self) -> str:
+        """The address the base station listens on and the devices reach."""
+        return "127.0.0.1"
+
+    def rtt_probe(self, node: str, port: int) -> RttProbe:
+        """How the monitor times ``node``'s round trip to the base station.
+
+        Here, a TCP connect to the station's port on loopback.
+        """
+        return TcpConnectRtt(self.station_host, port)
+
+    def node_command(self, node: str, command: list[str]) -> list[str]:
+        """``command`` as it is run for ``node`` (the base station or a device).
+
+        The local testbed runs it as it is; a testbed that places nodes
+        elsewhere (a network namespace) wraps it.
+        """
+        return command
 
     @property
     def mechanism(self) -> str:
@@ -80,7 +106,10 @@ class LocalTestbed:
 
     def start_station(self, config: StationConfig) -> Iterator[dict[str, Any]]:
         """Start the base station; yield its events until it exits."""
-        command = [sys.executable, "-m", "splitlab.station"]
+        config = replace(config, host=self.station_host)
+        command = self.node_command(
+            self.scenario.base_station.name, [sys.executable, "-m", "splitlab.station"]
+        )
         logger.debug("starting the base station: %s", " ".join(command))
         self.station = subprocess.Popen(
             command,
@@ -98,8 +127,10 @@ class LocalTestbed:
     def start_devices(self, *, port: int, secret: bytes) -> list[DeviceProcess]:
         """Start every device agent and put each under its CPU and memory limit."""
         started = []
-        for config in self.scenario.devices:
-            command = [sys.executable, "-m", "splitlab.agent"]
+        for index, config in enumerate(self.scenario.devices):
+            command = self.node_command(
+                config.name, [sys.executable, "-m", "splitlab.agent"]
+            )
             logger.debug("starting device %s: %s", config.name, " ".join(command))
             process = subprocess.Popen(
                 command,
@@ -113,6 +144,12 @@ class LocalTestbed:
                     LimitSpec(cpu_share=config.share, memory_bytes=config.memory_bytes),
                     name=config.name,
                 )
+                if config.cpus is not None:
+                    pin(process.pid, config.cpus, field=f"devices[{index}].cpus")
+                if config.load is not None:
+                    load = self.start_load(index, config, limit)
+                    if load is not None:
+                        self.loads[config.name] = load
             except BaseException:
                 process.kill()
                 raise
@@ -120,7 +157,7 @@ class LocalTestbed:
                 logger.debug("%s: %s", config.name, command_line)
             line = json.dumps(
                 {
-                    "host": "127.0.0.1",
+                    "host": self.station_host,
                     "port": port,
                     "node": config.name,
                     "secret": secret.hex(),
@@ -134,6 +171,45 @@ class LocalTestbed:
             self.devices[config.name] = device
             started.append(device)
         return started
+
+    def start_load(
+        self, index: int, config: DeviceConfig, limit: AppliedLimit
+    ) -> subprocess.Popen[bytes] | None:
+        """Start device ``index``'s background load in the groups of ``limit``.
+
+        Returns the load's process, or ``None`` when the device has no load;
+        the caller stops it.
+
+        Raises
+        ------
+        ConfigError
+            If the limit holds no cgroups the load could join.
+        """
+        assert config.load is not None
+        command = load_command(config.load, cpus=config.cpus)
+        if not command:
+            return None
+        if not limit.groups:
+            raise ConfigError(
+                f"devices[{index}].load needs a cgroup limit mechanism, so the "
+                f"load competes for the device's share; this run uses "
+                f"{limit.mechanism}"
+            )
+        # The load joins the device's groups before stress-ng starts, so all
+        # of its workers count against the device's CPU share and memory.
+        joins = "; ".join(
+            f"echo $$ > {shlex.quote(str(group / 'cgroup.procs'))}"
+            for group in limit.groups
+        )
+        shell = f"{joins}; exec {shlex.join(command)}"
+        wrapped = ["setpriv", "--pdeathsig", "TERM", "--", "sh", "-c", shell]
+        logger.debug("%s load: %s", config.name, shlex.join(wrapped))
+        return subprocess.Popen(
+            wrapped,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self._environment(),
+        )
 
     def _environment(self) -> dict[str, str]:
         return {
@@ -157,6 +233,14 @@ class LocalTestbed:
         except KeyError:
             raise TestbedError(f"no device {name!r} in this testbed") from None
         pid = device.process.pid
+        # The device's background load shares its groups; it follows the
+        # device into the new ones.
+        companions = {
+            other
+            for group in device.limit.groups
+            for other in _read_pids(group / "cgroup.procs")
+            if other != pid
+        }
         self.limiter.release(pid)
         limit = self.limiter.apply(
             pid,
@@ -165,6 +249,11 @@ class LocalTestbed:
         )
         for command_line in limit.commands:
             logger.debug("%s: %s", name, command_line)
+        for group in limit.groups:
+            for other in sorted(companions):
+                logger.debug("echo %d > %s", other, group / "cgroup.procs")
+                with contextlib.suppress(ProcessLookupError):
+                    (group / "cgroup.procs").write_text(str(other))
         self.devices[name] = replace(device, limit=limit)
         return limit
 
@@ -194,6 +283,7 @@ class LocalTestbed:
         processes: list[subprocess.Popen[Any]] = [
             device.process for device in self.devices.values()
         ]
+        processes.extend(self.loads.values())
         if self.station is not None:
             processes.append(self.station)
         for process in processes:
@@ -206,6 +296,52 @@ class LocalTestbed:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.limiter.close()
+
+
+def _read_pids(path: Path) -> set[int]:
+    try:
+        return {int(pid) for pid in path.read_text().split()}
+    except OSError:
+        return set()
+
+
+def load_command(load: LoadConfig, *, cpus: tuple[int, ...] | None) -> list[str]:
+    """The ``stress-ng`` command of a background load; empty when there is none.
+
+    A CPU worker busy ``cpu_percent`` of the time, and a memory worker that
+    allocates ``memory_mb`` once and holds it without using CPU.
+    """
+    command = ["stress-ng", "--quiet"]
+    if load.cpu_percent > 0:
+        command += ["--cpu", "1", "--cpu-load", str(load.cpu_percent)]
+    if load.memory_mb > 0:
+        command += ["--vm", "1", "--vm-bytes", f"{load.memory_mb}m", "--vm-hang", "0"]
+    if len(command) == 2:
+        return []
+    if shutil.which("stress-ng") is None:
+        raise TestbedError("background load needs stress-ng (Debian package stress-ng)")
+    if cpus is not None:
+        command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
+    return command
+
+
+def pin(pid: int, cpus: tuple[int, ...], *, field: str) -> None:
+    """Let process ``pid`` (and what it starts later) run only on ``cpus``.
+
+    Raises
+    ------
+    ConfigError
+        If a CPU is not one of this machine's; the message names ``field``.
+    """
+    available = os.sched_getaffinity(0)
+    missing = sorted(set(cpus) - available)
+    if missing:
+        raise ConfigError(
+            f"{field} names CPU {missing[0]}, but this machine offers CPUs "
+            f"{', '.join(map(str, sorted(available)))}"
+        )
+    logger.debug("taskset -pc %s %d", ",".join(map(str, cpus)), pid)
+    os.sched_setaffinity(pid, cpus)
 
 
 @dataclass(frozen=True, slots=True)
