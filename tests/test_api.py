@@ -83,7 +83,7 @@ def test_registries_name_what_a_scenario_can_use(client: TestClient) -> None:
     assert rpi4["memory_mb"] == 4096
     assert "sentences" in answer["datasets"]
     assert answer["objectives"] == ["total", "variance", "max"]
-    assert answer["backends"] == ["local"]
+    assert answer["backends"] == ["local", "netns", "ssh"]
     assert 130 < answer["wifi_range_m"] < 140
 
 
