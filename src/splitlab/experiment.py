@@ -24,6 +24,7 @@ import torch
 import yaml
 
 import splitlab
+from splitlab.boards import BoardProcess, SshTestbed
 from splitlab.data import load_held_out
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
@@ -128,7 +129,7 @@ def run_scenario(
     on_event: OnEvent | None = None,
     progress: bool = False,
     limit_mechanism: Mechanism | None = None,
-    on_started: Callable[[LocalTestbed], None] | None = None,
+    on_started: Callable[[LocalTestbed | SshTestbed], None] | None = None,
     resume: int | None = None,
 ) -> RunOutcome:
     """Run ``scenario`` on the local testbed and record it.
@@ -171,9 +172,14 @@ def run_scenario(
         run_id = resume
         store.reopen_run(run_id)
     secret = secrets.token_bytes(32)
-    testbed = LocalTestbed(
-        scenario, prefix=f"r{run_id}p{os.getpid()}", prefer=limit_mechanism
-    )
+    prefix = f"r{run_id}p{os.getpid()}"
+    testbed: LocalTestbed | SshTestbed
+    if scenario.backend == "ssh":
+        testbed = SshTestbed(
+            scenario, prefix=prefix, save_to=path.parent / "boards" / f"run-{run_id}"
+        )
+    else:
+        testbed = LocalTestbed(scenario, prefix=prefix, prefer=limit_mechanism)
     reason: str | None = None
     try:
         events = testbed.start_station(
@@ -304,7 +310,7 @@ def _record_nodes(
     *,
     run_id: int,
     scenario: Scenario,
-    testbed: LocalTestbed,
+    testbed: LocalTestbed | SshTestbed,
     secret: bytes,
     port: int,
 ) -> None:
@@ -327,7 +333,11 @@ def _record_nodes(
             NodeRecord(
                 node=device.config.name,
                 role="device",
-                pid=device.process.pid,
+                pid=(
+                    device.pid
+                    if isinstance(device, BoardProcess)
+                    else device.process.pid
+                ),
                 cpu_share=device.limit.cpu_share,
                 memory_bytes=device.limit.memory_bytes,
                 limit_mechanism=device.limit.mechanism,
