@@ -750,10 +750,18 @@ class SshTestbed:
     save_to:
         A folder where each board's scripts and agent log are written, or
         ``None``.
+    weights:
+        The trained weights to upload; :meth:`start_station` sets them from
+        the station's configuration.
     """
 
     def __init__(
-        self, scenario: Scenario, *, prefix: str, save_to: Path | None = None
+        self,
+        scenario: Scenario,
+        *,
+        prefix: str,
+        save_to: Path | None = None,
+        weights: Path | None = None,
     ) -> None:
         for device in scenario.devices:
             if device.ssh is None:
@@ -762,7 +770,7 @@ class SshTestbed:
         self.prefix = prefix
         self.save_to = save_to
         self._station = LocalTestbed(scenario, prefix=prefix, prefer="sigstop")
-        self._weights: Path | None = None
+        self._weights = weights
         self._boards: dict[str, _Board] = {}
         self._processes: dict[str, BoardProcess] = {}
         self._address: str | None = None

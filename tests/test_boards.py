@@ -1,0 +1,391 @@
+"""The ssh backend against real OpenSSH servers standing in for boards.
+
+Each "board" is a network namespace joined to this one by a veth pair on a
+private /30, with Debian's ``sshd`` listening only on the namespace's
+address.  The boards share this machine's filesystem and processes, so the
+tests can see what the backend left behind.  ``sshd`` is started with
+``nsenter --net`` rather than ``ip netns exec``, because the latter remounts
+``/sys`` and so hides the cgroup hierarchies a real board has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from splitlab.boards import SshTestbed
+from splitlab.errors import ConfigError, TestbedError
+from splitlab.experiment import prepare_weights, run_scenario
+from splitlab.results import ResultStore
+from splitlab.scenario import Scenario, parse_scenario
+from splitlab.testbed import find_leftovers
+
+pytestmark = pytest.mark.root
+COMMAND_TIMEOUT_S = 20
+SSHD_START_S = 10.0
+
+
+@dataclass(frozen=True)
+class Board:
+    """One namespace with an sshd."""
+
+    namespace: str
+    address: str  # inside the namespace, where sshd listens
+    peer: str  # this side of the veth pair
+    host_key: Path
+    process: subprocess.Popen[bytes]
+
+
+@dataclass(frozen=True)
+class Boards:
+    """The boards and the client's files."""
+
+    boards: tuple[Board, ...]
+    client_key: Path
+    known_hosts: Path
+    folder: Path
+
+
+def _run(*command: str) -> str:
+    return subprocess.run(
+        command, check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+    ).stdout
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = [
+        ipaddress.ip_network(word, strict=False)
+        for word in _run("ip", "-4", "-o", "addr", "show").split()
+        if "/" in word and word[0].isdigit()
+    ]
+    used += [
+        ipaddress.ip_network(line.split()[0])
+        for line in _run("ip", "-4", "route", "show").splitlines()
+        if line and line[0].isdigit()
+    ]
+    chooser = random.Random(os.getpid())
+    for _ in range(200):
+        subnet = ipaddress.ip_network(
+            f"10.{chooser.randrange(64, 250)}.{chooser.randrange(256)}.0/29"
+        )
+        if not any(subnet.overlaps(other) for other in used):
+            return subnet
+    raise RuntimeError("no free private subnet for the test boards")
+
+
+def _sshd_config(folder: Path, board: int, address: str, host_key: Path) -> Path:
+    config = folder / f"sshd-{board}.conf"
+    config.write_text(
+        f"ListenAddress {address}\n"
+        "Port 22\n"
+        f"HostKey {host_key}\n"
+        f"PidFile {folder}/sshd-{board}.pid\n"
+        f"AuthorizedKeysFile {folder}/authorized_keys\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "StrictModes no\n"
+        "Subsystem sftp internal-sftp\n"
+        "LogLevel ERROR\n"
+    )
+    return config
+
+
+def _wait_listening(address: str) -> None:
+    deadline = time.monotonic() + SSHD_START_S
+    while True:
+        try:
+            with socket.create_connection((address, 22), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boards]:
+    """Two namespaces with an sshd each, removed afterwards whatever happens."""
+    if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
+        pytest.fail("the ssh backend tests need root and /usr/sbin/sshd")
+    folder = tmp_path_factory.mktemp("boards")
+    folder.chmod(0o755)
+    tag = f"{os.getpid() % 100_000}"
+    subnet = _free_subnet()
+    hosts = list(subnet.hosts())
+    client_key = folder / "client"
+    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client_key))
+    (folder / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
+
+    made: list[Board] = []
+    namespaces: list[str] = []
+    try:
+        for index in range(2):
+            namespace = f"slb{tag}n{index}"
+            outside, inside = f"slb{tag}h{index}", f"slb{tag}b{index}"
+            peer, address = str(hosts[4 * index - 0]), str(hosts[4 * index + 1])
+            _run("ip", "netns", "add", namespace)
+            namespaces.append(namespace)
+            _run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+            _run("ip", "link", "set", inside, "netns", namespace)
+            _run("ip", "addr", "add", f"{peer}/30", "dev", outside)
+            _run("ip", "link", "set", outside, "up")
+            inner = ("ip", "netns", "exec", namespace, "ip")
+            _run(*inner, "addr", "add", f"{address}/30", "dev", inside)
+            _run(*inner, "link", "set", inside, "up")
+            _run(*inner, "link", "set", "lo", "up")
+            # Every board reaches this machine's addresses, as on a LAN.
+            _run(*inner, "route", "add", "default", "via", peer)
+
+            host_key = folder / f"host-{index}"
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
+            config = _sshd_config(folder, index, address, host_key)
+            # A private /run gives sshd its privilege separation directory
+            # without touching this machine's.
+            process = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{namespace}", "--",
+                 "unshare", "--mount", "--propagation", "private", "--",
+                 "sh", "-c",
+                 "mount -t tmpfs splitlab-run /run && mkdir -m 755 /run/sshd && "
+                 f"exec /usr/sbin/sshd -D -e -f {config}"],
+                stderr=(folder / f"sshd-{index}.log").open("wb"),
+            )  # fmt: skip
+            made.append(Board(namespace, address, peer, host_key, process))
+            _wait_listening(address)
+
+        known_hosts = folder / "known_hosts"
+        known_hosts.write_text(
+            "".join(
+                f"{board.address} {board.host_key.with_suffix('.pub').read_text()}"
+                for board in made
+            )
+        )
+        yield Boards(tuple(made), client_key, known_hosts, folder)
+    finally:
+        for board in made:
+            board.process.terminate()
+            try:
+                board.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                board.process.kill()
+                board.process.wait()
+        for namespace in namespaces:
+            subprocess.run(["ip", "netns", "del", namespace], timeout=COMMAND_TIMEOUT_S)
+
+
+def _scenario(
+    boards: Boards,
+    *,
+    first: dict[str, Any] | None = None,
+    first_ssh: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Scenario:
+    """Two devices, one a board; ``first`` and ``first_ssh`` change the first."""
+    devices = []
+    for index, board in enumerate(boards.boards):
+        device: dict[str, Any] = {
+            "name": f"d{index + 1}",
+            "class": "rpi4",
+            "link": {"latency_ms": 5, "rate_mbps": 20},
+            "ssh": {
+                "host": board.address,
+                "user": "root",
+                "key": str(boards.client_key),
+                "known_hosts": str(boards.known_hosts),
+                "python": sys.executable,
+                "workdir": str(boards.folder / f"work-{index}"),
+            },
+        }
+        if index == 0:
+            device.update(first or {})
+            device["ssh"].update(first_ssh or {})
+        devices.append(device)
+    data: dict[str, Any] = {
+        "name": "boards",
+        "seed": 3,
+        "backend": "ssh",
+        "model": "cnn-small",
+        "training": {"epochs": 1},
+        "workload": {"tasks_per_device": 4, "period_ms": 50},
+        "profiling": {"warmup": 1, "repeats": 3},
+        "algorithm": "greedy",
+        "devices": devices,
+    }
+    data.update(changes)
+    return parse_scenario(data, source="test")
+
+
+def _cgroups(prefix: str) -> list[Path]:
+    found: list[Path] = []
+    for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/memory")):
+        if root.is_dir():
+            found.extend(root.rglob(f"splitlab-{prefix}-*"))
+    return found
+
+
+def _qdiscs(namespace: str) -> str:
+    return _run("ip", "netns", "exec", namespace, "tc", "qdisc", "show")
+
+
+def test_a_board_with_another_host_key_is_refused(boards: Boards) -> None:
+    wrong = boards.folder / "wrong_known_hosts"
+    first, second = boards.boards
+    # The first board's address with the second board's key.
+    wrong.write_text(
+        f"{first.address} {second.host_key.with_suffix('.pub').read_text()}"
+    )
+    scenario = _scenario(boards, first_ssh={"known_hosts": str(wrong)})
+    testbed = SshTestbed(scenario, prefix="wrongkey")
+    try:
+        with pytest.raises(TestbedError) as error:
+            testbed.connect()
+    finally:
+        testbed.close()
+    message = str(error.value)
+    assert first.address in message
+    assert "host key" in message
+    assert "d1" in message
+
+
+def test_a_board_missing_from_known_hosts_is_refused(boards: Boards) -> None:
+    empty = boards.folder / "empty_known_hosts"
+    empty.write_text("")
+    scenario = _scenario(boards, first_ssh={"known_hosts": str(empty)})
+    testbed = SshTestbed(scenario, prefix="nokey")
+    try:
+        with pytest.raises(TestbedError, match=boards.boards[0].address):
+            testbed.connect()
+    finally:
+        testbed.close()
+
+
+def test_a_missing_key_file_is_named(boards: Boards) -> None:
+    missing = boards.folder / "no-such-key"
+    scenario = _scenario(boards, first_ssh={"key": str(missing)})
+    testbed = SshTestbed(scenario, prefix="nofile")
+    try:
+        with pytest.raises(ConfigError) as error:
+            testbed.connect()
+    finally:
+        testbed.close()
+    assert "ssh.key" in str(error.value)
+    assert str(missing) in str(error.value)
+    assert "d1" in str(error.value)
+
+
+def test_upload_start_and_cleanup_leave_nothing_behind(
+    boards: Boards, tmp_path: Path
+) -> None:
+    # The first board is limited and loaded; the second is left as it is.
+    scenario = _scenario(
+        boards,
+        first={"cpu_share": 0.5, "memory_mb": 512},
+        first_ssh={"load": {"cpu_workers": 1, "cpu_percent": 10}},
+    )
+    weights = prepare_weights(scenario)
+    prefix = f"t{os.getpid()}"
+    saved = tmp_path / "saved"
+    testbed = SshTestbed(scenario, prefix=prefix, save_to=saved, weights=weights.path)
+
+    # A stand-in station on the first board's peer address: it only accepts.
+    listener = socket.create_server((boards.boards[0].peer, 0))
+    listener.settimeout(30)
+    port = listener.getsockname()[1]
+    run_dirs = [boards.folder / f"work-{i}" / prefix for i in range(2)]
+    try:
+        started = testbed.start_devices(port=port, secret=b"k" * 32)
+        accepted = [listener.accept()[0] for _ in started]
+
+        assert [p.config.name for p in started] == ["d1", "d2"]
+        for process, run_dir in zip(started, run_dirs):
+            environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+            assert f"SPLITLAB_TESTBED={prefix}".encode() in environ
+            assert f"PYTHONPATH={run_dir}".encode() in environ
+            assert (run_dir / "weights.npz").is_file()
+            assert (run_dir / "data.npz").is_file()
+            # Python compiled the uploaded package: the agent runs that copy.
+            assert list((run_dir / "splitlab" / "__pycache__").glob("agent.*.pyc"))
+            assert (
+                saved / process.config.name / f"link-{process.config.name}.sh"
+            ).is_file()
+
+        limited_run, free_run = started
+        assert limited_run.limit.mechanism == "cgroup-v1"
+        assert limited_run.limit.cpu_share == 0.5
+        assert limited_run.limit.memory_bytes == 512 * 2**20
+        cgroup = Path(f"/proc/{limited_run.pid}/cgroup").read_text()
+        assert f"splitlab-{prefix}-d1" in cgroup
+        assert free_run.limit.mechanism == "none"
+        assert any(
+            b"stress-ng" in Path(f"/proc/{leftover.pid}/cmdline").read_bytes()
+            for leftover in find_leftovers(prefix)
+        )
+
+        # This kernel has htb and IFB but no netem: the rate is the kernel's,
+        # the delay the transport's.
+        assert limited_run.shaping.rate == "tc"
+        assert limited_run.shaping.delay in {"netem", "transport"}
+        assert "htb" in _qdiscs(boards.boards[0].namespace)
+        assert "ifb" in _run("ip", "netns", "exec", boards.boards[0].namespace,
+                             "ip", "-o", "link")  # fmt: skip
+    finally:
+        testbed.close()
+        listener.close()
+        with contextlib.suppress(NameError):
+            for connection in accepted:
+                connection.close()
+
+    assert find_leftovers(prefix) == []
+    assert _cgroups(prefix) == []
+    for run_dir in run_dirs:
+        assert not run_dir.exists()
+    for board in boards.boards:
+        assert "htb" not in _qdiscs(board.namespace)
+        links = _run("ip", "netns", "exec", board.namespace, "ip", "-o", "link")
+        assert "ifb" not in links
+    assert set(testbed.agent_exit_codes()) == {"d1", "d2"}
+    assert (saved / "d1" / "agent.log").is_file()
+
+
+@pytest.mark.slow
+def test_a_whole_run_on_two_boards(boards: Boards, tmp_path: Path) -> None:
+    # The station listens where the route to the first board leaves.
+    scenario = _scenario(boards, scheduler="fcfs")
+    events: list[dict[str, Any]] = []
+    outcome = run_scenario(scenario, workspace=tmp_path, on_event=events.append)
+    assert outcome.status == "completed", outcome.reason
+
+    with ResultStore(outcome.store) as store:
+        tasks = store.tasks(outcome.run_id)
+        nodes = {node.node: node for node in store.nodes(outcome.run_id)}
+    assert len(tasks) == 8
+    assert {task.device for task in tasks} == {"d1", "d2"}
+    assert all(task.matches_unsplit for task in tasks)
+    assert all(task.delay_s > 0 for task in tasks)
+    assert nodes["d1"].limit_mechanism == "none"
+    assert any("tc qdisc add" in line for line in nodes["d1"].limit_commands)
+
+    prefix = f"r{outcome.run_id}p{os.getpid()}"
+    assert find_leftovers(prefix) == []
+    for index in range(2):
+        assert not (boards.folder / f"work-{index}" / prefix).exists()
+    saved = tmp_path / "boards" / f"run-{outcome.run_id}"
+    for device in ("d1", "d2"):
+        for script in ("link", "limit", "start", "teardown"):
+            assert (saved / device / f"{script}-{device}.sh").is_file()
+        assert (saved / device / "agent.log").is_file()
+    shutil.rmtree(saved)
