@@ -26,14 +26,20 @@ from typing import Any
 
 import pytest
 
-from splitlab.boards import SshTestbed
+from splitlab.boards import (
+    SshTestbed,
+    _replies,
+    board_scripts,
+    cfs_quota,
+    limit_script,
+    link_script,
+)
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.experiment import prepare_weights, run_scenario
 from splitlab.results import ResultStore
 from splitlab.scenario import Scenario, parse_scenario
 from splitlab.testbed import find_leftovers
 
-pytestmark = pytest.mark.root
 COMMAND_TIMEOUT_S = 20
 SSHD_START_S = 10.0
 
@@ -229,6 +235,85 @@ def _scenario(
     return parse_scenario(data, source="test")
 
 
+def _device(**changes: Any) -> Any:
+    data: dict[str, Any] = {
+        "name": "pi",
+        "cpu_share": 0.05,
+        "memory_mb": 256,
+        "link": {"latency_ms": 20, "rate_mbps": 5, "jitter_ms": 2},
+        "ssh": {"host": "pi.lan", "user": "pi", "key": "/k"},
+    }
+    data.update(changes)
+    return parse_scenario(
+        {"name": "s", "backend": "ssh", "devices": [data]}, source="test"
+    ).devices[0]
+
+
+def test_a_small_share_stretches_the_period_to_keep_a_1_ms_quota() -> None:
+    assert cfs_quota(0.25) == (2500, 10_000)
+    assert cfs_quota(0.05) == (1000, 20_000)
+    assert cfs_quota(2.0) == (20_000, 10_000)
+
+
+@pytest.mark.parametrize("station", ["192.168.7.1", "fd00::1"])
+def test_every_board_script_is_valid_bash(station: str, tmp_path: Path) -> None:
+    scripts = board_scripts(
+        _device(ssh={"host": "pi.lan", "user": "pi", "key": "/k",
+                     "load": {"cpu_percent": 30}}),
+        prefix="r1p2", run_dir="/home/pi/.splitlab/r1p2", station=station,
+        port=5000, python="python3", sudo="sudo -n ",
+    )  # fmt: skip
+    for name, text in scripts.named("pi").items():
+        path = tmp_path / name
+        path.write_text(text)
+        checked = subprocess.run(["bash", "-n", str(path)], capture_output=True)
+        assert checked.returncode == 0, (name, checked.stderr)
+    assert "quota_us=1000\nperiod_us=20000\n" in scripts.limit
+    assert f"memory_bytes={256 * 2**20}" in scripts.limit
+    assert '--cpu-load "$load_percent"' in scripts.limit
+    assert "load_percent=30" in scripts.limit
+    assert "rate_bit=5000000" in scripts.link
+    assert "latency_us=20000" in scripts.link
+    assert "jitter_us=2000" in scripts.link
+    match = "ip6" if ":" in station else "ip"
+    assert f'match {match} dport "$port" 0xffff' in scripts.link
+    assert "sudo -n bash /home/pi/.splitlab/r1p2/limit-pi.sh up $$" in scripts.start
+
+
+def test_a_board_of_a_class_is_not_limited() -> None:
+    device = _device(cpu_share=None, memory_mb=None, **{"class": "rpi4"})
+    script = limit_script(
+        prefix="r1", device=device.name, run_dir="/r", cpu_share=device.cpu_share,
+        memory_bytes=None,
+    )  # fmt: skip
+    assert "quota_us=\n" in script
+    assert "memory_bytes=\n" in script
+
+
+def test_a_board_reply_is_read_as_known_words_and_numbers_only() -> None:
+    reply = (
+        "pid=42; rm -rf /\nmechanism=cgroup-v1\nmechanism2=none\n"
+        "delay=$(reboot)\nmemory_bytes=536870912\nrate=tc\n"
+    )
+    allowed = {"pid": None, "mechanism": ("cgroup-v2", "cgroup-v1", "none"),
+               "memory_bytes": None, "delay": ("netem",), "rate": ("tc",)}  # fmt: skip
+    assert _replies(reply, allowed) == {
+        "mechanism": "cgroup-v1",
+        "memory_bytes": "536870912",
+        "rate": "tc",
+    }
+
+
+def test_link_script_names_the_station_port_only() -> None:
+    device = _device()
+    text = link_script(
+        prefix="r1", device="pi", link=device.link, station="10.0.0.1", port=6000
+    )
+    assert "station=10.0.0.1\nport=6000\n" in text
+    assert 'match ip dst "$station/32"' in text
+    assert 'match ip src "$station/32"' in text
+
+
 def _cgroups(prefix: str) -> list[Path]:
     found: list[Path] = []
     for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/memory")):
@@ -241,6 +326,7 @@ def _qdiscs(namespace: str) -> str:
     return _run("ip", "netns", "exec", namespace, "tc", "qdisc", "show")
 
 
+@pytest.mark.root
 def test_a_board_with_another_host_key_is_refused(boards: Boards) -> None:
     wrong = boards.folder / "wrong_known_hosts"
     first, second = boards.boards
@@ -261,6 +347,7 @@ def test_a_board_with_another_host_key_is_refused(boards: Boards) -> None:
     assert "d1" in message
 
 
+@pytest.mark.root
 def test_a_board_missing_from_known_hosts_is_refused(boards: Boards) -> None:
     empty = boards.folder / "empty_known_hosts"
     empty.write_text("")
@@ -273,6 +360,7 @@ def test_a_board_missing_from_known_hosts_is_refused(boards: Boards) -> None:
         testbed.close()
 
 
+@pytest.mark.root
 def test_a_missing_key_file_is_named(boards: Boards) -> None:
     missing = boards.folder / "no-such-key"
     scenario = _scenario(boards, first_ssh={"key": str(missing)})
@@ -287,6 +375,8 @@ def test_a_missing_key_file_is_named(boards: Boards) -> None:
     assert "d1" in str(error.value)
 
 
+@pytest.mark.root
+@pytest.mark.slow
 def test_upload_start_and_cleanup_leave_nothing_behind(
     boards: Boards, tmp_path: Path
 ) -> None:
@@ -361,6 +451,52 @@ def test_upload_start_and_cleanup_leave_nothing_behind(
     assert (saved / "d1" / "agent.log").is_file()
 
 
+@pytest.mark.root
+def test_a_board_without_a_working_python_is_named_and_cleaned(
+    boards: Boards,
+) -> None:
+    missing = boards.folder / "no-python"
+    scenario = _scenario(boards, first_ssh={"python": str(missing)})
+    testbed = SshTestbed(scenario, prefix=f"np{os.getpid()}")
+    try:
+        with pytest.raises(TestbedError) as error:
+            testbed.connect()
+    finally:
+        testbed.close()
+    assert str(missing) in str(error.value)
+    assert "d1" in str(error.value)
+    assert boards.boards[0].address in str(error.value)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_leaves_nothing_on_the_boards(
+    boards: Boards, tmp_path: Path
+) -> None:
+    scenario = _scenario(boards, first={"cpu_share": 0.5})
+    started: list[SshTestbed] = []
+
+    def interrupt(testbed: object) -> None:
+        assert isinstance(testbed, SshTestbed)
+        started.append(testbed)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario, workspace=tmp_path, on_started=interrupt)
+    (testbed,) = started
+    prefix = testbed.prefix
+    assert find_leftovers(prefix) == []
+    assert _cgroups(prefix) == []
+    for index, board in enumerate(boards.boards):
+        assert not (boards.folder / f"work-{index}" / prefix).exists()
+        assert "htb" not in _qdiscs(board.namespace)
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        (run,) = store.runs()
+    assert run.status == "incomplete"
+    assert run.reason == "interrupted"
+
+
+@pytest.mark.root
 @pytest.mark.slow
 def test_a_whole_run_on_two_boards(boards: Boards, tmp_path: Path) -> None:
     # The station listens where the route to the first board leaves.
@@ -376,6 +512,10 @@ def test_a_whole_run_on_two_boards(boards: Boards, tmp_path: Path) -> None:
     assert {task.device for task in tasks} == {"d1", "d2"}
     assert all(task.matches_unsplit for task in tasks)
     assert all(task.delay_s > 0 for task in tasks)
+    # The kernel shapes the rate, the transport adds the 5 ms latency.
+    for task in tasks:
+        if task.cut < 8:  # cnn-small has 8 stages
+            assert task.transmission_s >= 0.005
     assert nodes["d1"].limit_mechanism == "none"
     assert any("tc qdisc add" in line for line in nodes["d1"].limit_commands)
 

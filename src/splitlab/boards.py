@@ -81,6 +81,9 @@ MIN_QUOTA_US = 1_000
 # Every process a run starts on a board carries the run's prefix and its
 # device's name, so the teardown finds exactly those.
 DEVICE_VARIABLE = "SPLITLAB_DEVICE"
+# Python 3.11 as major * 100 + minor, and what a board's Python must import.
+MIN_PYTHON = 311
+PYTHON_PROBE = "import sys, numpy, torch; print('python=%d%02d' % sys.version_info[:2])"
 # The agent's log lines kept for the run's folder.
 LOG_LINES = 10_000
 
@@ -946,7 +949,28 @@ class SshTestbed:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        await asyncio.gather(*(self._check_root(b) for b in self._boards.values()))
+        await asyncio.gather(*(self._check_board(b) for b in self._boards.values()))
+
+    async def _check_board(self, board: _Board) -> None:
+        await self._check_python(board)
+        await self._check_root(board)
+
+    async def _check_python(self, board: _Board) -> None:
+        python = board.ssh.python
+        probe = f"{shlex.quote(python)} -c {shlex.quote(PYTHON_PROBE)} 2>&1"
+        try:
+            reply = await board.run(probe, timeout_s=COMMAND_TIMEOUT_S * 2)
+        except TestbedError as error:
+            raise TestbedError(
+                f"device {board.name}: {python} on board {board.ssh.host} cannot "
+                f"import numpy and torch (see docs/boards.md): {error}"
+            ) from None
+        version = _replies(reply, {"python": None}).get("python")
+        if version is None or int(version) < MIN_PYTHON:
+            raise TestbedError(
+                f"device {board.name}: {python} on board {board.ssh.host} is not "
+                f"Python 3.11 or newer (said {reply.strip()[-80:]!r})"
+            )
 
     async def _check_root(self, board: _Board) -> None:
         # tc and cgroups need root: as root, or with sudo that needs no
