@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import random
 import shutil
@@ -414,6 +415,13 @@ def test_upload_start_and_cleanup_leave_nothing_behind(
             ).is_file()
 
         limited_run, free_run = started
+        # One clock on this machine: the measured offset is the probe's error.
+        for process in started:
+            assert process.clock_offset_s is not None
+            assert abs(process.clock_offset_s) < 0.02
+        facts = json.loads((saved / "d1" / "board.json").read_text())
+        assert facts["limit_mechanism"] == "cgroup-v1"
+        assert facts["rate"] == "tc"
         assert limited_run.limit.mechanism == "cgroup-v1"
         assert limited_run.limit.cpu_share == 0.5
         assert limited_run.limit.memory_bytes == 512 * 2**20

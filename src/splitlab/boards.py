@@ -48,6 +48,7 @@ import shlex
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,10 @@ MIN_QUOTA_US = 1_000
 # Every process a run starts on a board carries the run's prefix and its
 # device's name, so the teardown finds exactly those.
 DEVICE_VARIABLE = "SPLITLAB_DEVICE"
+# Clock offsets are measured this many times; beyond CLOCK_WARN_S they are
+# worth a warning, as they enter every measured transmission time.
+CLOCK_PROBES = 5
+CLOCK_WARN_S = 0.002
 # Python 3.11 as major * 100 + minor, and what a board's Python must import.
 MIN_PYTHON = 311
 PYTHON_PROBE = "import sys, numpy, torch; print('python=%d%02d' % sys.version_info[:2])"
@@ -154,12 +159,17 @@ class BoardProcess:
         The CPU and memory limit it runs under.
     shaping:
         How its link is shaped.
+    clock_offset_s:
+        The board's clock minus this machine's, measured over SSH (to within
+        half the round trip), or ``None`` if the board's ``date`` cannot tell.
+        Measured delays subtract timestamps of both clocks.
     """
 
     config: DeviceConfig
     pid: int
     limit: BoardLimit
     shaping: LinkShaping
+    clock_offset_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +635,7 @@ class _Board:
     process: asyncssh.SSHClientProcess[str] | None = None
     pid: int | None = None
     exit_status: int | None = None
+    clock_offset_s: float | None = None
     log: list[str] = field(default_factory=list)
     drains: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -867,7 +878,7 @@ class SshTestbed:
         limit = self._call(self._reshare(board, pid, share), timeout_s=60)
         process = self._processes[name]
         self._processes[name] = BoardProcess(
-            process.config, process.pid, limit, process.shaping
+            process.config, process.pid, limit, process.shaping, process.clock_offset_s
         )
         return limit
 
@@ -954,6 +965,54 @@ class SshTestbed:
     async def _check_board(self, board: _Board) -> None:
         await self._check_python(board)
         await self._check_root(board)
+        await self._measure_clock(board)
+
+    async def _measure_clock(self, board: _Board) -> None:
+        # One shell answers each newline with its time, so a probe's round
+        # trip is only the channel's; the quickest of a few tries counts.
+        command = "while read -r _; do date +%s.%N; done"
+        logger.debug("%s$ %s", board.name, command)
+        best: tuple[float, float] | None = None
+        try:
+            process = await board.connection.create_process(command)
+        except (asyncssh.Error, OSError) as error:
+            logger.warning("device %s: clock not measured: %s", board.name, error)
+            return
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                for _ in range(CLOCK_PROBES):
+                    sent_s = time.time()
+                    process.stdin.write("\n")
+                    line = await process.stdout.readline()
+                    received_s = time.time()
+                    try:
+                        board_s = float(line.strip())
+                    except ValueError:
+                        return
+                    round_trip_s = received_s - sent_s
+                    if best is None or round_trip_s < best[0]:
+                        best = (round_trip_s, board_s - (sent_s + received_s) / 2)
+        except TimeoutError:
+            logger.warning("device %s: clock not measured in time", board.name)
+            return
+        finally:
+            process.stdin.write_eof()
+            process.close()
+        assert best is not None
+        uncertainty_s, offset_s = best[0] / 2, best[1]
+        board.clock_offset_s = offset_s
+        log = (
+            logger.warning
+            if abs(offset_s) > CLOCK_WARN_S + uncertainty_s
+            else logger.info
+        )
+        log(
+            "device %s: board clock is %+.1f ms off this machine's (+- %.1f ms); "
+            "measured transmission times carry this error",
+            board.name,
+            offset_s * 1e3,
+            uncertainty_s * 1e3,
+        )
 
     async def _check_python(self, board: _Board) -> None:
         python = board.ssh.python
@@ -1069,7 +1128,30 @@ class SshTestbed:
             "transport": shaping.transport,
         }
         limit, pid = await self._start_agent(board, json.dumps(config))
-        self._processes[name] = BoardProcess(board.device, pid, limit, shaping)
+        self._processes[name] = BoardProcess(
+            board.device, pid, limit, shaping, board.clock_offset_s
+        )
+        self._save(
+            name,
+            {
+                "board.json": json.dumps(
+                    {
+                        "host": ssh.host,
+                        "run_dir": run_dir,
+                        "pid": pid,
+                        "limit_mechanism": limit.mechanism,
+                        "cpu_share": limit.cpu_share,
+                        "memory_bytes": limit.memory_bytes,
+                        "interface": shaping.interface,
+                        "rate": shaping.rate,
+                        "delay": shaping.delay,
+                        "clock_offset_s": board.clock_offset_s,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            },
+        )
 
     async def _upload(
         self, board: _Board, files: dict[str, Path], scripts: BoardScripts
