@@ -323,6 +323,13 @@ def _cgroups(prefix: str) -> list[Path]:
     return found
 
 
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _qdiscs(namespace: str) -> str:
     return _run("ip", "netns", "exec", namespace, "tc", "qdisc", "show")
 
@@ -440,6 +447,21 @@ def test_upload_start_and_cleanup_leave_nothing_behind(
         assert "htb" in _qdiscs(boards.boards[0].namespace)
         assert "ifb" in _run("ip", "netns", "exec", boards.boards[0].namespace,
                              "ip", "-o", "link")  # fmt: skip
+
+        # A load change rewrites the limit of the running agent.
+        changed = testbed.set_cpu_share("d1", 0.25)
+        assert (changed.mechanism, changed.cpu_share) == ("cgroup-v1", 0.25)
+        group = next(g for g in _cgroups(prefix) if "/cpu/" in str(g))
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "2500"
+
+        # A killed agent takes its background load with it.
+        testbed.kill_device("d1")
+        deadline = time.monotonic() + 10
+        while any(
+            b"stress-ng" in _command(left.pid) for left in find_leftovers(prefix)
+        ):
+            assert time.monotonic() < deadline, "the load outlived its agent"
+            time.sleep(0.2)
     finally:
         testbed.close()
         listener.close()

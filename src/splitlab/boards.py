@@ -334,7 +334,6 @@ memory_bytes={memory}
 load_workers={load_workers}
 load_percent={load_percent}
 state={run}/limit-{device}.groups
-loadpid={run}/load-{device}.pid
 tag={PREFIX_VARIABLE}={prefix}
 device={DEVICE_VARIABLE}={device}
 
@@ -424,9 +423,17 @@ load() {{
         echo "load=missing"
         return 0
     fi
-    env "$tag" "$device" setsid stress-ng --cpu "$load_workers" \\
-        --cpu-load "$load_percent" < /dev/null > /dev/null 2>&1 &
-    echo $! > "$loadpid"
+    # A watcher ends the load when the agent ends, even if nobody runs the
+    # teardown.
+    env "$tag" "$device" setsid bash -c '
+        stress-ng --cpu "$2" --cpu-load "$3" &
+        load=$!
+        while kill -0 "$1" 2> /dev/null && kill -0 "$load" 2> /dev/null; do
+            sleep 1
+        done
+        kill "$load" 2> /dev/null
+        wait' load "$1" "$load_workers" "$load_percent" \\
+        < /dev/null > /dev/null 2>&1 &
     echo "load=stress-ng"
 }}
 
@@ -444,7 +451,7 @@ down() {{
 }}
 
 case "${{1:-}}" in
-    up) apply "$2"; load ;;
+    up) apply "$2"; load "$2" ;;
     apply) apply "$2" ;;
     down) down ;;
     *) echo "usage: $0 up PID | apply PID | down" >&2; exit 2 ;;
