@@ -271,7 +271,7 @@ def test_every_board_script_is_valid_bash(station: str, tmp_path: Path) -> None:
         assert checked.returncode == 0, (name, checked.stderr)
     assert "quota_us=1000\nperiod_us=20000\n" in scripts.limit
     assert f"memory_bytes={256 * 2**20}" in scripts.limit
-    assert '--cpu-load "$load_percent"' in scripts.limit
+    assert 'stress-ng --cpu "$2" --cpu-load "$3"' in scripts.limit
     assert "load_percent=30" in scripts.limit
     assert "rate_bit=5000000" in scripts.link
     assert "latency_us=20000" in scripts.link

@@ -801,6 +801,7 @@ class SshTestbed:
         )
         self._thread.start()
         self._closed = False
+        self._prepared = False
 
     # The station and its address.
 
@@ -829,8 +830,14 @@ class SshTestbed:
         return ",".join(used) or "none"
 
     def start_station(self, config: StationConfig) -> Iterator[dict[str, Any]]:
-        """Start the base station on this machine, listening on :attr:`address`."""
+        """Prepare the boards, then start the base station on this machine.
+
+        The boards get their files first, so that the station's wait for its
+        devices does not include the uploads.  The station listens on
+        :attr:`address`.
+        """
         self._weights = config.weights
+        self.prepare()
         host = self.address
         logger.info("the base station listens on %s for the boards", host)
         return self._station.start_station(
@@ -856,15 +863,23 @@ class SshTestbed:
         """Connect to every board (once); errors name the device and host."""
         self._call(self._connect_all(), timeout_s=CONNECT_TIMEOUT_S * 2 + 10)
 
-    def start_devices(self, *, port: int, secret: bytes) -> list[BoardProcess]:
-        """Prepare every board and start its agent, connected to the station."""
+    def prepare(self) -> None:
+        """Connect to every board and upload what its agent needs (once)."""
+        if self._prepared:
+            return
         self.connect()
         with tempfile.TemporaryDirectory(prefix="splitlab-boards-") as folder:
             uploads = self._prepare_files(Path(folder))
-            self._call(
-                self._start_all(uploads, port=port, secret=secret),
-                timeout_s=UPLOAD_TIMEOUT_S + START_TIMEOUT_S,
-            )
+            self._call(self._upload_all(uploads), timeout_s=UPLOAD_TIMEOUT_S)
+        self._prepared = True
+
+    def start_devices(self, *, port: int, secret: bytes) -> list[BoardProcess]:
+        """Set up every board's link and limit and start its agent."""
+        self.prepare()
+        self._call(
+            self._start_all(port=port, secret=secret),
+            timeout_s=START_TIMEOUT_S + COMMAND_TIMEOUT_S,
+        )
         return [self._processes[d.name] for d in self.scenario.devices]
 
     def kill_device(self, name: str) -> None:
@@ -1056,24 +1071,14 @@ class SshTestbed:
                 board.ssh.host,
             )
 
-    async def _start_all(
-        self, uploads: dict[str, Path], *, port: int, secret: bytes
-    ) -> None:
+    async def _upload_all(self, uploads: dict[str, Path]) -> None:
         await asyncio.gather(
-            *(
-                self._start(board, uploads, port=port, secret=secret)
-                for board in self._boards.values()
-            )
+            *(self._make_run_dir(board, uploads) for board in self._boards.values())
         )
 
-    async def _start(
-        self, board: _Board, uploads: dict[str, Path], *, port: int, secret: bytes
-    ) -> None:
-        ssh = board.ssh
-        name = board.name
-
+    async def _make_run_dir(self, board: _Board, uploads: dict[str, Path]) -> None:
         # The run directory, under a workdir that may start with ~.
-        workdir = ssh.workdir
+        workdir = board.ssh.workdir
         if workdir == "~" or workdir.startswith("~/"):
             base = '"$HOME"/' + shlex.quote(workdir[2:] or ".")
         else:
@@ -1084,10 +1089,25 @@ class SshTestbed:
         )
         run_dir = reply.strip()
         if not run_dir.startswith("/") or "\n" in run_dir:
-            raise TestbedError(f"device {name}: board gave run directory {run_dir!r}")
+            raise TestbedError(
+                f"device {board.name}: board gave run directory {run_dir!r}"
+            )
         board.run_dir = run_dir
+        await self._upload(board, uploads)
 
-        # Scripts first, so the teardown can run whatever happens next.
+    async def _start_all(self, *, port: int, secret: bytes) -> None:
+        await asyncio.gather(
+            *(
+                self._start(board, port=port, secret=secret)
+                for board in self._boards.values()
+            )
+        )
+
+    async def _start(self, board: _Board, *, port: int, secret: bytes) -> None:
+        ssh = board.ssh
+        name = board.name
+        run_dir = board.run_dir
+        assert run_dir is not None
         scripts = board_scripts(
             board.device,
             prefix=self.prefix,
@@ -1097,10 +1117,8 @@ class SshTestbed:
             python=ssh.python,
             sudo=board.sudo,
         )
+        await self._write_scripts(board, scripts.named(name))
         board.scripts = scripts
-        files = dict(uploads)
-        await self._upload(board, files, scripts)
-        self._save(name, scripts.named(name))
 
         # The link, then the agent under its limit.
         shaping_reply = await board.run(
@@ -1160,9 +1178,7 @@ class SshTestbed:
             },
         )
 
-    async def _upload(
-        self, board: _Board, files: dict[str, Path], scripts: BoardScripts
-    ) -> None:
+    async def _upload(self, board: _Board, files: dict[str, Path]) -> None:
         assert board.run_dir is not None
         run_dir = board.run_dir
         package = package_files()
@@ -1185,13 +1201,25 @@ class SshTestbed:
                     await sftp.put(str(local), f"{run_dir}/{relative}")
                 for relative, local in files.items():
                     await sftp.put(str(local), f"{run_dir}/{relative}")
-                for file_name, text in scripts.named(board.name).items():
-                    logger.debug("device %s: %s\n%s", board.name, file_name, text)
-                    async with sftp.open(f"{run_dir}/{file_name}", "w") as handle:
-                        await handle.write(text)
         except (asyncssh.Error, OSError) as error:
             raise TestbedError(
                 f"device {board.name}: upload to board {board.ssh.host} failed: {error}"
+            ) from None
+
+    async def _write_scripts(self, board: _Board, scripts: dict[str, str]) -> None:
+        """Write scripts to the board's run directory and to the run's folder."""
+        assert board.run_dir is not None
+        self._save(board.name, scripts)
+        try:
+            async with board.connection.start_sftp_client() as sftp:
+                for file_name, text in scripts.items():
+                    logger.debug("device %s: %s\n%s", board.name, file_name, text)
+                    async with sftp.open(f"{board.run_dir}/{file_name}", "w") as handle:
+                        await handle.write(text)
+        except (asyncssh.Error, OSError) as error:
+            raise TestbedError(
+                f"device {board.name}: writing scripts to board {board.ssh.host} "
+                f"failed: {error}"
             ) from None
 
     async def _start_agent(self, board: _Board, config: str) -> tuple[BoardLimit, int]:
@@ -1290,13 +1318,7 @@ class SshTestbed:
             cpu_share=share,
         )
         file_name = f"limit-{board.name}.sh"
-        logger.debug("device %s: %s\n%s", board.name, file_name, scripts.limit)
-        async with (
-            board.connection.start_sftp_client() as sftp,
-            sftp.open(f"{board.run_dir}/{file_name}", "w") as handle,
-        ):
-            await handle.write(scripts.limit)
-        self._save(board.name, {file_name: scripts.limit})
+        await self._write_scripts(board, {file_name: scripts.limit})
         reply = await board.run(
             f"{board.sudo}bash {shlex.quote(board.run_dir)}/{file_name} apply {pid}"
         )
