@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -279,6 +280,43 @@ def test_every_board_script_is_valid_bash(station: str, tmp_path: Path) -> None:
     match = "ip6" if ":" in station else "ip"
     assert f'match {match} dport "$port" 0xffff' in scripts.link
     assert "sudo -n bash /home/pi/.splitlab/r1p2/limit-pi.sh up $$" in scripts.start
+
+
+@pytest.mark.root
+def test_without_cgroup_rights_the_limit_falls_back_to_cpulimit() -> None:
+    # As user nobody the cgroup hierarchies are read-only: what a board
+    # without root or sudo offers.
+    if shutil.which("cpulimit") is None or shutil.which("setpriv") is None:
+        pytest.fail("this test needs cpulimit and setpriv")
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder).chmod(0o777)
+        _limit_as_nobody(Path(folder))
+
+
+def _limit_as_nobody(tmp_path: Path) -> None:
+    script = tmp_path / "limit-pi.sh"
+    script.write_text(
+        limit_script(
+            prefix=f"cl{os.getpid()}", device="pi", run_dir=str(tmp_path),
+            cpu_share=0.3, memory_bytes=None,
+        )
+    )  # fmt: skip
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    worker = subprocess.Popen([*nobody, "sleep", "30"])
+    try:
+        reply = _run(*nobody, "bash", str(script), "apply", str(worker.pid))
+        assert "mechanism=cpulimit" in reply.splitlines()
+        limiter = int((tmp_path / "limit-pi.cpulimit").read_text())
+        assert b"cpulimit" in _command(limiter)
+        assert b"-l\x0030\x00" in _command(limiter)
+        _run(*nobody, "bash", str(script), "down")
+        deadline = time.monotonic() + 5
+        while _command(limiter):
+            assert time.monotonic() < deadline, "cpulimit outlived the limit"
+            time.sleep(0.1)
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_a_board_of_a_class_is_not_limited() -> None:

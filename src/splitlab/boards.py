@@ -16,8 +16,9 @@ scenario names one.  It then writes and runs four bash scripts per board:
     emulates (see :class:`splitlab.agent.AgentConfig`).
 ``limit-<device>.sh``
     Holds the agent to the device's ``cpu_share`` and ``memory_mb`` with
-    cgroup v2 (``cpu.max``, ``memory.max``), else cgroup v1, else not at
-    all, and starts the background load (``stress-ng``) if one is asked.
+    cgroup v2 (``cpu.max``, ``memory.max``), else cgroup v1, else (CPU
+    only) ``cpulimit``, else not at all, and starts the background load
+    (``stress-ng``) if one is asked.
 ``start-<device>.sh``
     Puts itself under that limit and becomes the agent
     (``python -m splitlab.agent``) with its configuration on stdin.
@@ -92,7 +93,7 @@ PYTHON_PROBE = "import sys, numpy, torch; print('python=%d%02d' % sys.version_in
 # The agent's log lines kept for the run's folder.
 LOG_LINES = 10_000
 
-LIMIT_MECHANISMS = ("cgroup-v2", "cgroup-v1", "none")
+LIMIT_MECHANISMS = ("cgroup-v2", "cgroup-v1", "cpulimit", "none")
 RATE_SHAPERS = ("tc", "transport")
 DELAY_SHAPERS = ("netem", "transport", "none")
 
@@ -334,6 +335,7 @@ memory_bytes={memory}
 load_workers={load_workers}
 load_percent={load_percent}
 state={run}/limit-{device}.groups
+limiter={run}/limit-{device}.cpulimit
 tag={PREFIX_VARIABLE}={prefix}
 device={DEVICE_VARIABLE}={device}
 
@@ -414,7 +416,23 @@ apply() {{
     down
     apply_v1 "$1" && return 0
     down
+    apply_cpulimit "$1" && return 0
     echo "mechanism=none"
+}}
+
+# Without cgroups (no root, no sudo): cpulimit, which needs only the right to
+# signal the agent, holds its CPU alone; it ends when the agent ends.
+apply_cpulimit() {{
+    [ -n "$quota_us" ] || return 1
+    command -v cpulimit > /dev/null || return 1
+    if [ -f "$limiter" ]; then
+        kill "$(cat "$limiter")" 2> /dev/null
+    fi
+    env "$tag" "$device" cpulimit -z -p "$1" \\
+        -l "$(( (quota_us * 100 + period_us / 2) / period_us ))" \\
+        < /dev/null > /dev/null 2>&1 &
+    echo $! > "$limiter"
+    echo "mechanism=cpulimit"
 }}
 
 load() {{
@@ -438,6 +456,10 @@ load() {{
 }}
 
 down() {{
+    if [ -f "$limiter" ]; then
+        kill "$(cat "$limiter")" 2> /dev/null
+        rm -f "$limiter"
+    fi
     [ -f "$state" ] || return 0
     # Deepest first; a group empties a moment after its processes die.
     for g in $(sort -r -u "$state"); do
@@ -1263,19 +1285,16 @@ class SshTestbed:
         if board.pid is None:
             raise TestbedError(f"device {board.name}: the board did not say its pid")
 
-        mechanism = found.get("mechanism", "none")
-        share = board.device.cpu_share if mechanism != "none" else None
-        memory = found.get("memory_bytes")
-        limit = BoardLimit(
-            mechanism=mechanism,
-            cpu_share=_enforced(share),
-            memory_bytes=int(memory) if memory is not None else None,
-            commands=tuple(
+        limit = _board_limit(
+            found,
+            board.device.cpu_share,
+            tuple(
                 line
                 for text in board.scripts.named(board.name).values()
                 for line in text.splitlines()
             ),
         )
+        mechanism = limit.mechanism
         logger.info(
             "device %s: agent pid %d on board %s, limit %s",
             board.name,
@@ -1323,14 +1342,7 @@ class SshTestbed:
             f"{board.sudo}bash {shlex.quote(board.run_dir)}/{file_name} apply {pid}"
         )
         found = _replies(reply, {"mechanism": LIMIT_MECHANISMS, "memory_bytes": None})
-        mechanism = found.get("mechanism", "none")
-        memory = found.get("memory_bytes")
-        return BoardLimit(
-            mechanism=mechanism,
-            cpu_share=_enforced(share) if mechanism != "none" else None,
-            memory_bytes=int(memory) if memory is not None else None,
-            commands=tuple(scripts.limit.splitlines()),
-        )
+        return _board_limit(found, share, tuple(scripts.limit.splitlines()))
 
     async def _close_all(self) -> None:
         await asyncio.gather(
@@ -1374,8 +1386,21 @@ class SshTestbed:
             (folder / file_name).write_text(text)
 
 
-def _enforced(share: float | None) -> float | None:
-    if share is None:
-        return None
-    quota_us, period_us = cfs_quota(share)
-    return quota_us / period_us
+def _board_limit(
+    found: dict[str, str], share: float | None, commands: tuple[str, ...]
+) -> BoardLimit:
+    """The limit a board reported, with the share its mechanism can express."""
+    mechanism = found.get("mechanism", "none")
+    memory = found.get("memory_bytes")
+    enforced: float | None = None
+    if share is not None and mechanism == "cpulimit":
+        enforced = round(share * 100) / 100
+    elif share is not None and mechanism != "none":
+        quota_us, period_us = cfs_quota(share)
+        enforced = quota_us / period_us
+    return BoardLimit(
+        mechanism=mechanism,
+        cpu_share=enforced,
+        memory_bytes=int(memory) if memory is not None else None,
+        commands=commands,
+    )
