@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from splitlab import boards as boards_module
 from splitlab.boards import (
     SshTestbed,
     _replies,
@@ -534,6 +535,26 @@ def test_a_board_without_a_working_python_is_named_and_cleaned(
     assert str(missing) in str(error.value)
     assert "d1" in str(error.value)
     assert boards.boards[0].address in str(error.value)
+
+
+@pytest.mark.root
+def test_an_upload_cut_short_leaves_no_run_directory(
+    boards: Boards, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = _scenario(boards)
+    weights = prepare_weights(scenario)
+    prefix = f"cut{os.getpid()}"
+    testbed = SshTestbed(scenario, prefix=prefix, weights=weights.path)
+    testbed.connect()
+    # Far too short for the upload: the work is cancelled mid-way.
+    monkeypatch.setattr(boards_module, "UPLOAD_TIMEOUT_S", 0.3)
+    try:
+        with pytest.raises(TestbedError, match="did not answer within"):
+            testbed.prepare()
+    finally:
+        testbed.close()
+    for index in range(2):
+        assert not (boards.folder / f"work-{index}" / prefix).exists()
 
 
 @pytest.mark.root

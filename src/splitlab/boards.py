@@ -659,6 +659,7 @@ class _Board:
     device: DeviceConfig
     connection: asyncssh.SSHClientConnection
     sudo: str = ""
+    checked: bool = False
     run_dir: str | None = None
     scripts: BoardScripts | None = None
     process: asyncssh.SSHClientProcess[str] | None = None
@@ -824,6 +825,7 @@ class SshTestbed:
         self._thread.start()
         self._closed = False
         self._prepared = False
+        self._work: set[asyncio.Task[Any]] = set()
 
     # The station and its address.
 
@@ -948,7 +950,7 @@ class SshTestbed:
     # Helpers on this thread.
 
     def _call(self, coroutine: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._tracked(coroutine), self._loop)
         try:
             return future.result(timeout=timeout_s)
         except TimeoutError:
@@ -1004,12 +1006,15 @@ class SshTestbed:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        await asyncio.gather(*(self._check_board(b) for b in self._boards.values()))
+        await asyncio.gather(
+            *(self._check_board(b) for b in self._boards.values() if not b.checked)
+        )
 
     async def _check_board(self, board: _Board) -> None:
         await self._check_python(board)
         await self._check_root(board)
         await self._measure_clock(board)
+        board.checked = True
 
     async def _measure_clock(self, board: _Board) -> None:
         # One shell answers each newline with its time, so a probe's round
@@ -1344,7 +1349,25 @@ class SshTestbed:
         found = _replies(reply, {"mechanism": LIMIT_MECHANISMS, "memory_bytes": None})
         return _board_limit(found, share, tuple(scripts.limit.splitlines()))
 
+    async def _tracked(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        # Work still running when the testbed closes (after Ctrl-C or a
+        # timeout) is cancelled and awaited before the cleanup starts.
+        task = asyncio.current_task()
+        assert task is not None
+        self._work.add(task)
+        try:
+            return await coroutine
+        finally:
+            self._work.discard(task)
+
     async def _close_all(self) -> None:
+        current = asyncio.current_task()
+        unfinished = [task for task in self._work if task is not current]
+        for task in unfinished:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.gather(*unfinished, return_exceptions=True)
         await asyncio.gather(
             *(self._close(board) for board in self._boards.values()),
             return_exceptions=True,
