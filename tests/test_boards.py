@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import random
 import shutil
@@ -395,6 +396,27 @@ def test_a_board_with_another_host_key_is_refused(boards: Boards) -> None:
 
 
 @pytest.mark.root
+def test_an_unchecked_host_key_is_a_warning(
+    boards: Boards, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = boards.folder / "unused_known_hosts"
+    empty.write_text("")
+    scenario = _scenario(
+        boards, first_ssh={"known_hosts": str(empty), "host_key_check": False}
+    )
+    testbed = SshTestbed(scenario, prefix="unchecked")
+    try:
+        with caplog.at_level(logging.WARNING, logger="splitlab.boards"):
+            testbed.connect()
+    finally:
+        testbed.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "NOT checked" in text and boards.boards[0].address in text for text in warnings
+    )
+
+
+@pytest.mark.root
 def test_a_board_missing_from_known_hosts_is_refused(boards: Boards) -> None:
     empty = boards.folder / "empty_known_hosts"
     empty.write_text("")
@@ -521,7 +543,7 @@ def test_upload_start_and_cleanup_leave_nothing_behind(
 
 
 @pytest.mark.root
-def test_a_board_without_a_working_python_is_named_and_cleaned(
+def test_a_board_without_a_working_python_is_named(
     boards: Boards,
 ) -> None:
     missing = boards.folder / "no-python"
@@ -538,6 +560,7 @@ def test_a_board_without_a_working_python_is_named_and_cleaned(
 
 
 @pytest.mark.root
+@pytest.mark.slow
 def test_an_upload_cut_short_leaves_no_run_directory(
     boards: Boards, monkeypatch: pytest.MonkeyPatch
 ) -> None:
