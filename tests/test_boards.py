@@ -309,7 +309,11 @@ def _limit_as_nobody(tmp_path: Path) -> None:
         reply = _run(*nobody, "bash", str(script), "apply", str(worker.pid))
         assert "mechanism=cpulimit" in reply.splitlines()
         limiter = int((tmp_path / "limit-pi.cpulimit").read_text())
-        assert b"cpulimit" in _command(limiter)
+        # The limiter's shell becomes env, then cpulimit, a moment later.
+        deadline = time.monotonic() + 5
+        while not _command(limiter).startswith(b"cpulimit"):
+            assert time.monotonic() < deadline, _command(limiter)
+            time.sleep(0.05)
         assert b"-l\x0030\x00" in _command(limiter)
         _run(*nobody, "bash", str(script), "down")
         deadline = time.monotonic() + 5
@@ -569,8 +573,11 @@ def test_an_upload_cut_short_leaves_no_run_directory(
     prefix = f"cut{os.getpid()}"
     testbed = SshTestbed(scenario, prefix=prefix, weights=weights.path)
     testbed.connect()
-    # Far too short for the upload: the work is cancelled mid-way.
-    monkeypatch.setattr(boards_module, "UPLOAD_TIMEOUT_S", 0.3)
+    # An upload of the package a hundred times over, with a timeout far too
+    # short for it: the work is cancelled mid-way.
+    files = boards_module.package_files()
+    monkeypatch.setattr(boards_module, "package_files", lambda: files * 100)
+    monkeypatch.setattr(boards_module, "UPLOAD_TIMEOUT_S", 0.5)
     try:
         with pytest.raises(TestbedError, match="did not answer within"):
             testbed.prepare()

@@ -660,6 +660,8 @@ class _Board:
     connection: asyncssh.SSHClientConnection
     sudo: str = ""
     checked: bool = False
+    # The run directory as a shell word, known before the board has made it.
+    run_target: str | None = None
     run_dir: str | None = None
     scripts: BoardScripts | None = None
     process: asyncssh.SSHClientProcess[str] | None = None
@@ -1111,6 +1113,7 @@ class SshTestbed:
         else:
             base = shlex.quote(workdir)
         target = f"{base}/{shlex.quote(self.prefix)}"
+        board.run_target = target
         reply = await board.run(
             f"umask 077 && mkdir -p -- {target} && cd -- {target} && pwd -P"
         )
@@ -1364,7 +1367,10 @@ class SshTestbed:
         current = asyncio.current_task()
         unfinished = [task for task in self._work if task is not current]
         for task in unfinished:
-            task.cancel()
+            # A task already cancelled is left to finish its cleanup (an SFTP
+            # session waiting for the board to close it).
+            if not task.cancelling():
+                task.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_TIMEOUT_S):
                 await asyncio.gather(*unfinished, return_exceptions=True)
@@ -1375,21 +1381,28 @@ class SshTestbed:
 
     async def _close(self, board: _Board) -> None:
         try:
-            if board.run_dir is not None:
+            if board.run_dir is not None and board.scripts is not None:
                 run = shlex.quote(board.run_dir)
-                if board.scripts is not None:
-                    with contextlib.suppress(TestbedError):
-                        await board.run(
-                            f"{board.sudo}bash {run}/teardown-{board.name}.sh",
-                            timeout_s=STOP_TIMEOUT_S * 2,
-                        )
-                if board.process is not None:
-                    with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-                        async with asyncio.timeout(STOP_TIMEOUT_S):
-                            await asyncio.gather(*board.drains)
-                    board.process.close()
-                await board.run(f"rm -rf -- {run}")
-                logger.debug("device %s: removed %s", board.name, board.run_dir)
+                with contextlib.suppress(TestbedError):
+                    await board.run(
+                        f"{board.sudo}bash {run}/teardown-{board.name}.sh",
+                        timeout_s=STOP_TIMEOUT_S * 2,
+                    )
+            if board.process is not None:
+                with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                    async with asyncio.timeout(STOP_TIMEOUT_S):
+                        await asyncio.gather(*board.drains)
+                board.process.close()
+            # The directory as the board named it, else as it was asked for
+            # (the board may have made it without the answer arriving).
+            target = (
+                shlex.quote(board.run_dir)
+                if board.run_dir is not None
+                else board.run_target
+            )
+            if target is not None:
+                await board.run(f"rm -rf -- {target}")
+                logger.debug("device %s: removed %s", board.name, target)
         except TestbedError as error:
             logger.error("%s", error)
         finally:
