@@ -132,7 +132,10 @@ def run_scenario(
     on_started: Callable[[LocalTestbed | SshTestbed], None] | None = None,
     resume: int | None = None,
 ) -> RunOutcome:
-    """Run ``scenario`` on the local testbed and record it.
+    """Run ``scenario`` on its testbed and record it.
+
+    Backend ``ssh`` runs the devices on real boards (:class:`SshTestbed`);
+    otherwise every node is a process on this machine.
 
     Parameters
     ----------
@@ -146,7 +149,8 @@ def run_scenario(
     progress:
         Show a progress bar while training.
     limit_mechanism:
-        Force a CPU limit mechanism instead of the best available.
+        Force a CPU limit mechanism instead of the best available (local
+        processes only; a board uses the best it has).
     on_started:
         Called with the testbed once every process runs (for fault injection).
     resume:
