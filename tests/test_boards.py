@@ -37,6 +37,7 @@ from splitlab.boards import (
     cfs_quota,
     limit_script,
     link_script,
+    tbf_burst_bytes,
 )
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.experiment import prepare_weights, run_scenario
@@ -509,7 +510,10 @@ def test_upload_start_and_cleanup_leave_nothing_behind(
         # the delay the transport's.
         assert limited_run.shaping.rate == "tc"
         assert limited_run.shaping.delay in {"netem", "transport"}
-        assert "htb" in _qdiscs(boards.boards[0].namespace)
+        qdiscs = _qdiscs(boards.boards[0].namespace)
+        assert "qdisc htb 1:" in qdiscs
+        assert "qdisc tbf 20:" in qdiscs
+        assert "rate 20Mbit" in qdiscs
         assert "ifb" in _run("ip", "netns", "exec", boards.boards[0].namespace,
                              "ip", "-o", "link")  # fmt: skip
 
@@ -618,8 +622,9 @@ def test_ctrl_c_during_a_run_leaves_nothing_on_the_boards(
 @pytest.mark.root
 @pytest.mark.slow
 def test_a_whole_run_on_two_boards(boards: Boards, tmp_path: Path) -> None:
-    # The station listens where the route to the first board leaves.
-    scenario = _scenario(boards, scheduler="fcfs")
+    # The station listens where the route to the first board leaves; every
+    # task crosses its board's shaped link.
+    scenario = _scenario(boards, scheduler="fcfs", algorithm="offload-all")
     events: list[dict[str, Any]] = []
     outcome = run_scenario(scenario, workspace=tmp_path, on_event=events.append)
     assert outcome.status == "completed", outcome.reason
@@ -631,10 +636,12 @@ def test_a_whole_run_on_two_boards(boards: Boards, tmp_path: Path) -> None:
     assert {task.device for task in tasks} == {"d1", "d2"}
     assert all(task.matches_unsplit for task in tasks)
     assert all(task.delay_s > 0 for task in tasks)
-    # The kernel shapes the rate, the transport adds the 5 ms latency.
+    # The kernel shapes the rate, the transport adds the 5 ms latency: no
+    # input arrives sooner than the link allows.
     for task in tasks:
-        if task.cut < 8:  # cnn-small has 8 stages
-            assert task.transmission_s >= 0.005
+        assert task.cut == 0
+        paced_bytes = task.cut_bytes - tbf_burst_bytes(20_000_000)
+        assert task.transmission_s >= 0.005 + paced_bytes * 8 / 20e6
     assert nodes["d1"].limit_mechanism == "none"
     assert any("tc qdisc add" in line for line in nodes["d1"].limit_commands)
 

@@ -9,9 +9,9 @@ files that numpy reads without pickle, and a user's model file if the
 scenario names one.  It then writes and runs four bash scripts per board:
 
 ``link-<device>.sh``
-    Shapes the board's traffic to the base station's port: ``tc`` htb on the
-    interface that routes to the base station (egress) and on an IFB device
-    fed from the interface's ingress, with ``netem`` delay where the board's
+    Shapes the board's traffic to the base station's port: ``tc`` htb and tbf
+    on the interface that routes to the base station (egress) and on an IFB
+    device fed from the interface's ingress, with ``netem`` delay where the board's
     kernel has it; whatever the kernel cannot shape, the agent's transport
     emulates (see :class:`splitlab.agent.AgentConfig`).
 ``limit-<device>.sh``
@@ -92,6 +92,11 @@ MIN_PYTHON = 311
 PYTHON_PROBE = "import sys, numpy, torch; print('python=%d%02d' % sys.version_info[:2])"
 # The agent's log lines kept for the run's folder.
 LOG_LINES = 10_000
+
+# A board's tbf lets this much through at once, and queues this long.
+TBF_MIN_BURST_BYTES = 2 * 1514
+TBF_BURST_S = 0.0005
+TBF_QUEUE_S = 2.0
 
 LIMIT_MECHANISMS = ("cgroup-v2", "cgroup-v1", "cpulimit", "none")
 RATE_SHAPERS = ("tc", "transport")
@@ -203,6 +208,16 @@ def cfs_quota(share: float) -> tuple[int, int]:
     return round(share * period_us), period_us
 
 
+def tbf_burst_bytes(rate_bit: int) -> int:
+    """The bucket of a board's tbf: two full frames, or 0.5 ms at the rate."""
+    return max(TBF_MIN_BURST_BYTES, round(rate_bit / 8 * TBF_BURST_S))
+
+
+def tbf_limit_bytes(rate_bit: int) -> int:
+    """The queue of a board's tbf: 2 s at the rate, within 1 to 64 MiB."""
+    return min(64 * 2**20, max(2**20, round(rate_bit / 8 * TBF_QUEUE_S)))
+
+
 def link_script(
     *, prefix: str, device: str, link: LinkConfig, station: str, port: int
 ) -> str:
@@ -228,6 +243,8 @@ set -u
 station={address}
 port={port}
 rate_bit={rate_bit}
+burst={tbf_burst_bytes(rate_bit)}
+limit={tbf_limit_bytes(rate_bit)}
 latency_us={latency_us}
 jitter_us={jitter_us}
 ifb={ifb}
@@ -243,19 +260,23 @@ up() {{
     [ -n "$dev" ] || return 1
     echo "interface=$dev"
     # Egress: the port's traffic in an htb class; everything else (ssh
-    # included) goes out unclassified and unshaped.
+    # included) goes out unclassified and unshaped.  The class itself is
+    # wide: its tbf paces the rate, because tbf cuts the large segments of
+    # TCP offload into packets where htb would pass one whole after idling.
     tc qdisc add dev "$dev" root handle 1: htb || return 1
-    tc class add dev "$dev" parent 1: classid 1:10 htb rate "${{rate_bit}}bit" \\
-        || return 1
+    tc class add dev "$dev" parent 1: classid 1:10 htb rate 10gbit || return 1
+    tc qdisc add dev "$dev" parent 1:10 handle 20: tbf rate "${{rate_bit}}bit" \\
+        burst "$burst" limit "$limit" || return 1
     tc filter add dev "$dev" parent 1: protocol {protocol} prio 1 u32 \\
         match {match} dst "$station/{width}" match {match} dport "$port" 0xffff \\
         flowid 1:10 || return 1
-    # Ingress: redirected through an IFB device that has the same rate.
+    # Ingress: redirected through an IFB device paced the same way.
     ip link add "$ifb" type ifb || return 1
     ip link set "$ifb" up || return 1
     tc qdisc add dev "$ifb" root handle 1: htb || return 1
-    tc class add dev "$ifb" parent 1: classid 1:10 htb rate "${{rate_bit}}bit" \\
-        || return 1
+    tc class add dev "$ifb" parent 1: classid 1:10 htb rate 10gbit || return 1
+    tc qdisc add dev "$ifb" parent 1:10 handle 20: tbf rate "${{rate_bit}}bit" \\
+        burst "$burst" limit "$limit" || return 1
     tc filter add dev "$ifb" parent 1: protocol {protocol} prio 1 u32 \\
         match u32 0 0 flowid 1:10 || return 1
     tc qdisc add dev "$dev" handle ffff: ingress || return 1
@@ -266,10 +287,10 @@ up() {{
     # The one-way latency on the uplink, where the kernel has netem.
     if [ "$latency_us" -eq 0 ] && [ "$jitter_us" -eq 0 ]; then
         echo "delay=none"
-    elif [ "$jitter_us" -gt 0 ] && tc qdisc add dev "$dev" parent 1:10 handle 10: \\
+    elif [ "$jitter_us" -gt 0 ] && tc qdisc add dev "$dev" parent 20:1 handle 30: \\
             netem delay "${{latency_us}}us" "${{jitter_us}}us" distribution normal; then
         echo "delay=netem"
-    elif [ "$jitter_us" -eq 0 ] && tc qdisc add dev "$dev" parent 1:10 handle 10: \\
+    elif [ "$jitter_us" -eq 0 ] && tc qdisc add dev "$dev" parent 20:1 handle 30: \\
             netem delay "${{latency_us}}us"; then
         echo "delay=netem"
     else
