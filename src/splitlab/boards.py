@@ -917,6 +917,11 @@ class SshTestbed:
         self.connect()
         with tempfile.TemporaryDirectory(prefix="splitlab-boards-") as folder:
             uploads = self._prepare_files(Path(folder))
+            size = sum(path.stat().st_size for path in uploads.values())
+            size += sum(path.stat().st_size for path, _ in package_files())
+            logger.info(
+                "uploading %d bytes to each of %d boards", size, len(self._boards)
+            )
             self._call(self._upload_all(uploads), timeout_s=UPLOAD_TIMEOUT_S)
         self._prepared = True
 
