@@ -949,7 +949,9 @@ class SshTestbed:
         board, pid = self._running(name)
         if not 0.01 <= share <= 64:
             raise ConfigError(f"cpu_share {share!r} is out of range 0.01..64")
-        limit = self._call(self._reshare(board, pid, share), timeout_s=60)
+        limit = self._call(
+            self._reshare(board, pid, share), timeout_s=COMMAND_TIMEOUT_S
+        )
         process = self._processes[name]
         self._processes[name] = BoardProcess(
             process.config, process.pid, limit, process.shaping, process.clock_offset_s
