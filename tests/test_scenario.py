@@ -213,3 +213,51 @@ def test_any_text_is_a_scenario_or_a_clear_error(text: str) -> None:
             load_scenario(path)
         except ConfigError as error:
             assert "fuzz.yaml" in str(error)
+
+
+def _board(name: str, host: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "class": "rpi4",
+        "link": {"latency_ms": 5, "rate_mbps": 10},
+        "ssh": {"host": host, "user": "pi", "key": "~/.ssh/id_ed25519"},
+    }
+
+
+def test_boards_check_host_keys_by_default() -> None:
+    scenario = parse_scenario(
+        {"name": "b", "backend": "ssh", "devices": [_board("pi1", "10.0.0.2")],
+         "base_station": {"address": "10.0.0.1"}},
+        source="test",
+    )  # fmt: skip
+    ssh = scenario.devices[0].ssh
+    assert ssh is not None
+    assert ssh.host_key_check is True
+    assert ssh.port == 22
+    assert ssh.known_hosts == Path("~/.ssh/known_hosts")
+    assert (ssh.python, ssh.workdir) == ("python3", "~/.splitlab")
+    assert str(scenario.base_station.address) == "10.0.0.1"
+    again = parse_scenario(yaml.safe_load(scenario.to_yaml()), source="again")
+    assert again == scenario
+
+
+@pytest.mark.parametrize(
+    ("devices", "extra", "message"),
+    [
+        ([_board("pi1", "a"), {"name": "pi2", "class": "rpi4",
+          "link": {"latency_ms": 1, "rate_mbps": 1}}], {},
+         r"devices\[1\]\.ssh .* 'pi2'"),
+        ([_board("pi1", "a"), _board("pi2", "a")], {},
+         "'pi1' and 'pi2' name the same board a:22"),
+        ([_board("pi1", "a")], {"base_station": {"address": "bs.lan"}},
+         r"base_station\.address"),
+    ],
+)  # fmt: skip
+def test_board_mistakes_are_named(
+    devices: list[object], extra: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_scenario(
+            {"name": "b", "backend": "ssh", "devices": devices, **extra},
+            source="test",
+        )

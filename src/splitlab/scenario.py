@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     ValidationError,
     field_validator,
     model_validator,
@@ -83,6 +84,23 @@ class LoadConfig(_Strict):
     memory_mb: Annotated[int, Field(ge=0, le=2**20, strict=True)] = 0
 
 
+class SshConfig(_Strict):
+    """How to reach a real board over SSH (backend ``ssh``).
+
+    The host key is checked against ``known_hosts`` unless
+    ``host_key_check`` is false.
+    """
+
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\s]+$")]
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 22
+    user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$")]
+    key: Path
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    host_key_check: bool = True
+    python: Annotated[str, Field(min_length=1, pattern=r"^[^\s]+$")] = "python3"
+    workdir: Annotated[str, Field(min_length=1, pattern=r"^[^\s]+$")] = "~/.splitlab"
+
+
 class DeviceConfig(_Strict):
     """An end device: its speed, memory and link."""
 
@@ -105,6 +123,8 @@ class DeviceConfig(_Strict):
         ]
         | None
     ) = None
+    # The real board this device is, for backend ssh.
+    ssh: SshConfig | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -145,6 +165,9 @@ class BaseStationConfig(_Strict):
     threads: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
     # Where the BS stands; [0, 0] when not given.
     position_m: PositionM | None = None
+    # The address real boards reach the BS at (backend ssh); by default the
+    # address this machine uses on its route to the first board.
+    address: IPvAnyAddress | None = None
 
 
 class DataConfig(_Strict):
@@ -318,6 +341,26 @@ class Scenario(_Strict):
             raise ValueError(
                 f"base station name {self.base_station.name!r} is also a device name"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _boards_for_ssh(self) -> Self:
+        if self.backend != "ssh":
+            return self
+        boards: dict[tuple[str, int], str] = {}
+        for index, device in enumerate(self.devices):
+            if device.ssh is None:
+                raise ValueError(
+                    f"backend 'ssh' needs devices[{index}].ssh (host, user, key) "
+                    f"for device {device.name!r}"
+                )
+            board = (device.ssh.host, device.ssh.port)
+            if board in boards:
+                raise ValueError(
+                    f"devices {boards[board]!r} and {device.name!r} name the same "
+                    f"board {device.ssh.host}:{device.ssh.port}; one device a board"
+                )
+            boards[board] = device.name
         return self
 
     def to_yaml(self) -> str:

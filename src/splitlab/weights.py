@@ -16,12 +16,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from splitlab.data import Dataset, load_splits
 from splitlab.errors import ConfigError
@@ -96,6 +94,9 @@ def weights_path(
 
 def _cached(path: Path) -> float | None:
     """The test accuracy stored with a readable cache file, else ``None``."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
     if not path.is_file():
         return None
     try:
@@ -130,6 +131,8 @@ def train(
     progress: bool,
 ) -> None:
     """Train ``model`` in place with Adam and cross-entropy."""
+    from tqdm import tqdm
+
     torch.manual_seed(seed)
     order = np.random.default_rng(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -160,11 +163,21 @@ def train(
 
 
 def load_weights(model: StagedModel, path: Path) -> None:
-    """Load a safetensors file into ``model``, checking every tensor matches."""
-    try:
-        state = load_file(str(path))
-    except (OSError, ValueError, SafetensorError) as error:
-        raise ConfigError(f"cannot read weights {path}: {error}") from None
+    """Load a weights file into ``model``, checking every tensor matches.
+
+    The file is safetensors, or an ``.npz`` of plain arrays written by
+    :func:`write_npz_weights` (read without pickle).
+    """
+    if path.suffix == ".npz":
+        state = _read_npz_weights(path)
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as error:
+            raise ConfigError(f"cannot read weights {path}: {error}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -173,6 +186,26 @@ def load_weights(model: StagedModel, path: Path) -> None:
             f"weights {path} do not fit {model.model_name}: {first}"
         ) from None
     model.eval()
+
+
+def write_npz_weights(source: Path, target: Path) -> None:
+    """Copy a safetensors weights file to an ``.npz`` of plain arrays.
+
+    A board reads the copy with numpy alone, without the safetensors package.
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(source))
+    arrays: dict[str, Any] = {name: t.numpy() for name, t in state.items()}
+    np.savez(target, allow_pickle=False, **arrays)
+
+
+def _read_npz_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with np.load(path, allow_pickle=False) as entries:
+            return {name: torch.from_numpy(entries[name]) for name in entries.files}
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read weights {path}: {error}") from None
 
 
 def ensure_weights(
@@ -232,6 +265,8 @@ def ensure_weights(
         "test_samples": str(len(test_set.labels)),
     }
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    from safetensors.torch import save_file
+
     save_file(state, str(partial), metadata=metadata)
     partial.replace(path)
     logger.info(
@@ -265,6 +300,9 @@ def _onnx_weights(
 
 def _published_weights(model_name: str, *, root: Path | None) -> TrainedWeights:
     """Cache a pretrained model's weights under its stages' names, once."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
     path = (root or cache_dir()) / "weights" / f"{model_name}-pretrained.safetensors"
     if path.is_file():
         try:
