@@ -267,7 +267,8 @@ def _verify_here(
         seed=scenario.seed,
     )
     model = load_trained(scenario.model, weights.path, classes=len(data.classes))
-    verify_run(store, run_id, model=model, data=data)
+    codecs = {d.name: scenario.device_codec(d.name) for d in scenario.devices}
+    verify_run(store, run_id, model=model, data=data, codecs=codecs)
 
 
 def mark_abandoned(store: ResultStore) -> list[int]:

@@ -25,7 +25,13 @@ import numpy as np
 import yaml
 
 from splitlab.errors import ConfigError
-from splitlab.results import PredictionRecord, ResultStore, RunRecord, TaskRecord
+from splitlab.results import (
+    CodecCheck,
+    PredictionRecord,
+    ResultStore,
+    RunRecord,
+    TaskRecord,
+)
 
 OVERALL = "all"
 
@@ -88,6 +94,11 @@ class RunSummary:
     deadline_misses:
         Tasks that took longer than the scenario's ``workload.deadline_ms``,
         or ``None`` when the scenario sets no deadline.
+    compared:
+        Tasks sent in a lossy codec and compared with the float32 model
+        rather than checked for equality.
+    codec_checks:
+        One comparison per lossy codec used in the run.
     """
 
     run: RunRecord
@@ -97,6 +108,8 @@ class RunSummary:
     accuracy: float | None
     limit_mechanisms: tuple[str, ...]
     deadline_misses: int | None = None
+    compared: int = 0
+    codec_checks: tuple[CodecCheck, ...] = ()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -176,6 +189,12 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
         ),
         limit_mechanisms=tuple(mechanisms),
         deadline_misses=_deadline_misses(run, tasks),
+        compared=sum(
+            1
+            for task in tasks
+            if task.matches_unsplit is None and task.max_abs_diff is not None
+        ),
+        codec_checks=tuple(store.codec_checks(run_id)),
     )
 
 

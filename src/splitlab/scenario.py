@@ -79,9 +79,16 @@ class DeviceConfig(_Strict):
     memory_mb: Annotated[int, Field(gt=0, le=2**30, strict=True)] | None = None
     # Static priority for the priority scheduler: lower runs first.
     priority: Annotated[int, Field(ge=-1000, le=1000, strict=True)] = 0
+    # The codec of this device's cut tensor; the scenario's when not given.
+    codec: str | None = None
     link: LinkConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("codec")
+    @classmethod
+    def _known_device_codec(cls, value: str | None) -> str | None:
+        return None if value is None else _known_codec(value)
 
     @model_validator(mode="after")
     def _needs_speed(self) -> Self:
@@ -167,6 +174,11 @@ class Scenario(_Strict):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] = 1
     backend: Literal["local"] = "local"
     model: str = "alexnet"
+    # Trained weights for a user model (safetensors or a state dict file),
+    # used instead of training it.
+    weights: Path | None = None
+    # How every device encodes its cut tensor (see splitlab.codec).
+    codec: str = "fp32"
     data: DataConfig = DataConfig()
     workload: WorkloadConfig = WorkloadConfig()
     profiling: ProfilingConfig = ProfilingConfig()
@@ -199,6 +211,20 @@ class Scenario(_Strict):
             return value
         return _known("model", value, MODELS)
 
+    @field_validator("codec")
+    @classmethod
+    def _known_scenario_codec(cls, value: str) -> str:
+        return _known_codec(value)
+
+    @model_validator(mode="after")
+    def _weights_for_user_model(self) -> Self:
+        if self.weights is not None and not is_reference(self.model):
+            raise ValueError(
+                f"weights are for a user model (FILE.py:FACTORY); model "
+                f"{self.model!r} is trained by splitlab"
+            )
+        return self
+
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, value: str) -> str:
@@ -224,6 +250,19 @@ class Scenario(_Strict):
                 f"base station name {self.base_station.name!r} is also a device name"
             )
         return self
+
+    def device_codec(self, device: str) -> str:
+        """The codec ``device`` sends its cut tensor with."""
+        config = next(d for d in self.devices if d.name == device)
+        return config.codec or self.codec
+
+    def with_codec(self, codec: str) -> Scenario:
+        """A copy in which every device uses ``codec`` (``run --codec``)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        data["codec"] = codec
+        for device in data["devices"]:
+            device.pop("codec", None)
+        return parse_scenario(data, source="command line")
 
     def to_yaml(self) -> str:
         """The scenario as YAML that :func:`parse_scenario` reads back."""
@@ -264,6 +303,14 @@ class Scenario(_Strict):
                 target = target.setdefault(parent, {})
             target[leaf] = value
         return parse_scenario(data, source="command line")
+
+
+def _known_codec(value: str) -> str:
+    from splitlab.codec import CODECS
+
+    if value not in CODECS:
+        raise ValueError(f"unknown codec {value!r}; known: {', '.join(CODECS)}")
+    return value
 
 
 def _known(field: str, value: str, known: Mapping[str, object]) -> str:

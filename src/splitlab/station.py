@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from splitlab.codec import decode
 from splitlab.data import Dataset, load_held_out
 from splitlab.errors import ProtocolError, SplitlabError, TestbedError
 from splitlab.lifetime import die_with_parent
@@ -361,6 +362,7 @@ class BaseStation:
                     "sample": 0,
                     "warmup": scenario.profiling.warmup,
                     "repeats": scenario.profiling.repeats,
+                    "codec": scenario.device_codec(config.name),
                     "link": {
                         "latency_s": link.latency_s,
                         "rate_bps": link.rate_bps,
@@ -402,6 +404,11 @@ class BaseStation:
                 raise ProtocolError(
                     f"device {name} sent a profile of {profile.num_stages} stages "
                     f"for node {profile.node}; expected {bs_profile.num_stages}"
+                )
+            if profile.codec != scenario.device_codec(name):
+                raise ProtocolError(
+                    f"device {name} profiled codec {profile.codec}, expected "
+                    f"{scenario.device_codec(name)}"
                 )
             profiles[name] = profile
             with self._store_lock:
@@ -690,13 +697,13 @@ class BaseStation:
                 f"task {task.task_id} with cut {cut} does not belong to "
                 f"{device.name} at cuts {sorted(self._used_cuts[device.name])}"
             )
-        array = decode_tensor(header["tensor"], message.payload)
         arrival_at = float(header["arrival_at"])
         started_at = float(header["started_at"])
         finished_at = float(header["finished_at"])
 
         if message.kind == MessageKind.RESULT:
             # The whole model ran on the device: nothing crossed the link.
+            array = decode_tensor(header["tensor"], message.payload)
             self._record(
                 device,
                 task,
@@ -712,10 +719,12 @@ class BaseStation:
             )
             return
 
+        # The cut tensor came in the device's codec; what crossed the link
+        # is the encoded payload.
         offloaded = _Offloaded(
             spec=task,
             cut=cut,
-            tensor=torch.from_numpy(array),
+            tensor=torch.from_numpy(decode(header["tensor"], message.payload)),
             arrival_at=arrival_at,
             started_at=started_at,
             finished_at=finished_at,
@@ -915,7 +924,14 @@ class BaseStation:
         assert self.model is not None and self.data is not None
         with self._store_lock:
             outcome = verify_run(
-                self.store, self.config.run_id, model=self.model, data=self.data
+                self.store,
+                self.config.run_id,
+                model=self.model,
+                data=self.data,
+                codecs={
+                    d.name: self.scenario.device_codec(d.name)
+                    for d in self.scenario.devices
+                },
             )
         self.emit(
             "verified",
@@ -923,6 +939,16 @@ class BaseStation:
             total=outcome.total,
             accuracy=outcome.accuracy,
             max_abs_diff=outcome.max_abs_diff,
+            codecs=[
+                {
+                    "codec": check.codec,
+                    "tasks": check.tasks,
+                    "agreement": check.agreement,
+                    "accuracy_change": check.accuracy_change,
+                    "max_abs_change": check.max_abs_change,
+                }
+                for check in outcome.codec_checks
+            ],
         )
 
 

@@ -5,18 +5,27 @@ base station (or the whole model on one of them).  Verification runs the
 unsplit model on the same input and compares: the outputs must agree to
 float rounding and give the same class.  The station verifies at the end of
 a run; if the station died first, the testbed verifies what was recorded.
+
+A task whose cut tensor crossed in a lossy codec (``fp16``, ``int8``...) is
+not held to equality: it is compared with the float32 model, and the run
+records per codec the top-1 agreement, the accuracy change (accuracy with
+the codec minus accuracy in float32 on the same inputs) and the largest
+absolute and relative change of an output (:class:`~splitlab.results.CodecCheck`).
+A task that ran whole on its device sent no cut tensor and is checked exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from splitlab.codec import DEFAULT_CODEC, parse_codec
 from splitlab.data import Dataset
 from splitlab.models import StagedModel
-from splitlab.results import ResultStore
+from splitlab.results import CodecCheck, ResultStore
 
 # Split and whole-model logits may differ by float rounding only.
 LOGIT_RTOL = 1e-4
@@ -30,27 +39,45 @@ class Verification:
     Attributes
     ----------
     total:
-        Tasks checked.
+        Tasks checked exactly (float32 all the way).
     matched:
-        Tasks whose split output equals the unsplit model's.
+        Of those, tasks whose split output equals the unsplit model's.
     accuracy:
-        Share of checked tasks whose class equals the label, or ``None``.
+        Share of all checked tasks whose class equals the label, or ``None``.
     max_abs_diff:
-        The largest difference of a logit between split and unsplit.
+        The largest difference of a logit between split and unsplit, over
+        the tasks checked exactly.
+    codec_checks:
+        One comparison per lossy codec, for the tasks sent in it.
     """
 
     total: int
     matched: int
     accuracy: float | None
     max_abs_diff: float
+    codec_checks: tuple[CodecCheck, ...] = ()
 
 
 def verify_run(
-    store: ResultStore, run_id: int, *, model: StagedModel, data: Dataset
+    store: ResultStore,
+    run_id: int,
+    *,
+    model: StagedModel,
+    data: Dataset,
+    codecs: Mapping[str, str] | None = None,
 ) -> Verification:
-    """Check every task of ``run_id`` not yet verified and record the outcome."""
-    tasks = [task for task in store.tasks(run_id) if task.matches_unsplit is None]
-    results = []
+    """Check every task of ``run_id`` not yet verified and record the outcome.
+
+    ``codecs`` gives each device's codec (``fp32`` for a device left out).
+    """
+    tasks = [
+        task
+        for task in store.tasks(run_id)
+        if task.matches_unsplit is None and task.max_abs_diff is None
+    ]
+    results: list[tuple[int, bool | None, float]] = []
+    checks: dict[str, CodecCheck] = {}
+    exact_diffs: list[float] = []
     correct = 0
     model.eval()
     with torch.inference_mode():
@@ -59,16 +86,36 @@ def verify_run(
             whole = model(sample).numpy().reshape(-1)
             split = np.frombuffer(task.logits, dtype=np.float32)
             difference = float(np.max(np.abs(whole - split)))
+            correct += int(task.prediction == task.label)
+            codec = parse_codec((codecs or {}).get(task.device, DEFAULT_CODEC))
+            if codec.lossy and task.cut < model.num_stages:
+                results.append((task.task_id, None, difference))
+                scale = float(np.max(np.abs(whole)))
+                check = CodecCheck(
+                    codec=codec.name,
+                    tasks=1,
+                    agreed=int(int(np.argmax(whole)) == task.prediction),
+                    correct=int(task.prediction == task.label),
+                    correct_fp32=int(int(np.argmax(whole)) == task.label),
+                    max_abs_change=difference,
+                    max_relative_change=difference / scale if scale > 0 else 0.0,
+                )
+                earlier = checks.get(codec.name)
+                checks[codec.name] = check if earlier is None else earlier.merged(check)
+                continue
             same = bool(
                 np.allclose(split, whole, rtol=LOGIT_RTOL, atol=LOGIT_ATOL)
                 and int(np.argmax(whole)) == task.prediction
             )
             results.append((task.task_id, same, difference))
-            correct += int(task.prediction == task.label)
+            exact_diffs.append(difference)
     store.record_verification(run_id, results)
+    for check in checks.values():
+        store.record_codec_check(run_id, check)
     return Verification(
-        total=len(results),
+        total=len(exact_diffs),
         matched=sum(1 for _, same, _ in results if same),
         accuracy=correct / len(results) if results else None,
-        max_abs_diff=max((diff for *_, diff in results), default=0.0),
+        max_abs_diff=max(exact_diffs, default=0.0),
+        codec_checks=tuple(checks[name] for name in sorted(checks)),
     )
