@@ -32,7 +32,12 @@ from splitlab.scenario import Scenario, parse_scenario
 from splitlab.station import StationConfig
 from splitlab.testbed import LocalTestbed
 from splitlab.verification import verify_run
-from splitlab.weights import TrainedWeights, ensure_weights, load_trained
+from splitlab.weights import (
+    TrainedWeights,
+    ensure_weights,
+    import_weights,
+    load_trained,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,19 @@ def environment() -> dict[str, Any]:
 
 
 def prepare_weights(scenario: Scenario, *, progress: bool = False) -> TrainedWeights:
-    """Load the scenario's model weights from the cache, training them if absent."""
+    """Load the scenario's model weights from the cache, training them if absent.
+
+    A user model with ``weights`` in its scenario uses those instead.
+    """
+    if scenario.weights is not None:
+        return import_weights(
+            scenario.model,
+            scenario.weights,
+            dataset=scenario.data.dataset,
+            data_dir=scenario.data.dir,
+            test_fraction=scenario.training.test_fraction,
+            seed=scenario.seed,
+        )
     return ensure_weights(
         scenario.model,
         dataset=scenario.data.dataset,
