@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +18,11 @@ from hypothesis import strategies as st
 from splitlab.codec import CODECS, decode, encode, parse_codec
 from splitlab.data import load_held_out
 from splitlab.errors import ConfigError, ProtocolError
+from splitlab.experiment import run_scenario
 from splitlab.models import build_model
+from splitlab.report import summarise
+from splitlab.results import ResultStore
+from splitlab.scenario import parse_scenario
 
 RNG = np.random.default_rng(7)
 
@@ -237,3 +245,71 @@ def test_round_trip_fuzz(values: list[float], name: str) -> None:
         assert (
             np.abs(out.astype(np.float64) - array).max() <= header["scale"] / 2 + slack
         )
+
+
+@pytest.mark.slow
+def test_a_run_with_int8_zstd_shrinks_the_bytes_and_reports_agreement(
+    tmp_path: Path,
+) -> None:
+    algorithm = tmp_path / "fixed.py"
+    algorithm.write_text(
+        "def after_conv2(problem):\n"
+        "    return {device: 3 for device in problem.devices}\n"
+    )
+    data: dict[str, Any] = {
+        "name": "codec",
+        "seed": 2,
+        "model": "alexnet-small",
+        "training": {"epochs": 1},
+        "workload": {"tasks_per_device": 8, "period_ms": 40},
+        "profiling": {"warmup": 1, "repeats": 3},
+        "algorithm": f"{algorithm}:after_conv2",
+        "devices": [
+            {"name": "d1", "cpu_share": 0.5,
+             "link": {"latency_ms": 2, "rate_mbps": 50}},
+            {"name": "d2", "cpu_share": 0.5, "codec": "fp32",
+             "link": {"latency_ms": 2, "rate_mbps": 50}},
+        ],
+    }  # fmt: skip
+    fp32 = run_scenario(parse_scenario(data, source="t"), workspace=tmp_path / "ws")
+    lossy_scenario = parse_scenario({**data, "codec": "int8+zstd"}, source="t")
+    assert lossy_scenario.device_codec("d1") == "int8+zstd"
+    assert lossy_scenario.device_codec("d2") == "fp32"
+    lossy = run_scenario(lossy_scenario, workspace=tmp_path / "ws")
+    assert fp32.status == lossy.status == "completed", (fp32.reason, lossy.reason)
+
+    with ResultStore(lossy.store) as store:
+        plain = {t.task_id: t for t in store.tasks(fp32.run_id)}
+        packed = {t.task_id: t for t in store.tasks(lossy.run_id)}
+        summary = summarise(store, lossy.run_id)
+        profiles = store.profiles(lossy.run_id)
+    # d1 sends conv2's output (16 x 16 x 16 floats here) in int8+zstd: the
+    # stored bytes are the encoded ones, under a quarter of float32's.
+    for task_id, task in packed.items():
+        assert task.cut == 3
+        if task.device == "d1":
+            assert task.cut_bytes < plain[task_id].cut_bytes / 4
+            assert task.matches_unsplit is None and task.max_abs_diff is not None
+        else:
+            assert task.cut_bytes == plain[task_id].cut_bytes
+            assert task.matches_unsplit
+    assert profiles["d1"].codec == "int8+zstd"
+    assert profiles["d1"].cut_bytes(3) < profiles["d1"].cut_bytes(3, "fp32") / 4
+
+    # Lossy tasks are compared, not failed; the fp32 device is checked exactly.
+    assert summary.verified == summary.matched == 8
+    assert summary.compared == 8
+    (check,) = summary.codec_checks
+    assert check.codec == "int8+zstd" and check.tasks == 8
+    assert check.agreement >= 0.75
+    assert abs(check.accuracy_change) <= 0.25
+    assert check.max_abs_change > 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "splitlab.cli", "summary", str(lossy.run_id),
+         "--workspace", str(tmp_path / "ws")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "codec int8+zstd: 8 tasks against fp32: top-1 agreement" in text
+    assert "8 sent in a lossy codec are compared" in text
