@@ -99,6 +99,16 @@ def test_user_weights_are_used_instead_of_training(tmp_path: Path, suffix: str) 
         torch.testing.assert_close(staged(x), module(x))
 
 
+def test_a_wrapped_data_parallel_checkpoint_is_unwrapped(tmp_path: Path) -> None:
+    state = _module(tmp_path).state_dict()
+    weights = tmp_path / "checkpoint.th"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}},
+               weights)  # fmt: skip
+    loaded = read_state_dict(weights)
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[key], state[key]) for key in state)
+
+
 def test_weights_need_a_user_model(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="weights are for a user model"):
         parse_scenario(

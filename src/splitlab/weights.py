@@ -181,7 +181,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file or a ``torch.save``'d state dict.
 
     A file whose name ends in ``.safetensors`` is read as safetensors; any
-    other with ``torch.load(weights_only=True)``.
+    other with ``torch.load(weights_only=True)``.  A checkpoint that keeps
+    its state dict under ``"state_dict"`` is unwrapped, and the ``module.``
+    prefix that ``nn.DataParallel`` puts on every name is removed.
 
     Raises
     ------
@@ -207,6 +209,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"weights: {path} is not a plain state dict: {type(error).__name__}"
         ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
     if not isinstance(state, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor)
         for key, value in state.items()
@@ -215,6 +219,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"weights: {path} holds a {type(state).__name__}, not a mapping of "
             "parameter names to tensors"
         )
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
     return state
 
 
