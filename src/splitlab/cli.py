@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from splitlab.plan import (
     PlanningProblem,
     make_plan,
 )
-from splitlab.profile import NodeProfile, StageProfile, profile_model
+from splitlab.profile import NodeProfile, profile_model
 from splitlab.report import RunSummary, summarise
 from splitlab.results import ResultStore
 from splitlab.scenario import Scenario, load_scenario
@@ -735,19 +736,18 @@ def _planning_profiles(
         node=scenario.base_station.name,
         warmup=scenario.profiling.warmup,
         repeats=scenario.profiling.repeats,
+        codecs=[scenario.device_codec(device.name) for device in scenario.devices],
     )
     devices = {
-        device.name: NodeProfile(
+        device.name: replace(
+            bs,
             node=device.name,
-            model=bs.model,
-            input_bytes=bs.input_bytes,
+            codec=scenario.device_codec(device.name),
             stages=tuple(
-                StageProfile(
-                    s.name,
-                    s.median_s / device.share,
-                    s.p95_s / device.share,
-                    s.output_bytes,
-                    s.param_bytes,
+                replace(
+                    s,
+                    median_s=s.median_s / device.share,
+                    p95_s=s.p95_s / device.share,
                 )
                 for s in bs.stages
             ),
