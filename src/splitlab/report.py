@@ -705,6 +705,15 @@ def run_report_html(store: ResultStore, run_id: int) -> str:
             f"{summary.matched} of {summary.verified} tasks",
         ),
         ("accuracy on the tasks", accuracy),
+        *(
+            (
+                f"codec {check.codec} against fp32",
+                f"{check.tasks} tasks, top-1 agreement {check.agreement:.1%}, "
+                f"accuracy change {check.accuracy_change * 100:+.1f} points, "
+                f"max |change| {check.max_abs_change:.3g}",
+            )
+            for check in summary.codec_checks
+        ),
         ("CPU limits by", ", ".join(summary.limit_mechanisms) or "-"),
         (
             "versions",
