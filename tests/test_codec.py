@@ -20,7 +20,7 @@ from splitlab.data import load_held_out
 from splitlab.errors import ConfigError, ProtocolError
 from splitlab.experiment import run_scenario
 from splitlab.models import build_model
-from splitlab.report import summarise
+from splitlab.report import run_report_html, summarise
 from splitlab.results import ResultStore
 from splitlab.scenario import parse_scenario
 
@@ -283,6 +283,7 @@ def test_a_run_with_int8_zstd_shrinks_the_bytes_and_reports_agreement(
         packed = {t.task_id: t for t in store.tasks(lossy.run_id)}
         summary = summarise(store, lossy.run_id)
         profiles = store.profiles(lossy.run_id)
+        html = run_report_html(store, lossy.run_id)
     # d1 sends conv2's output (16 x 16 x 16 floats here) in int8+zstd: the
     # stored bytes are the encoded ones, under a quarter of float32's.
     for task_id, task in packed.items():
@@ -304,6 +305,7 @@ def test_a_run_with_int8_zstd_shrinks_the_bytes_and_reports_agreement(
     assert check.agreement >= 0.75
     assert abs(check.accuracy_change) <= 0.25
     assert check.max_abs_change > 0
+    assert "codec int8+zstd against fp32" in html
     shown = subprocess.run(
         [sys.executable, "-m", "splitlab.cli", "summary", str(lossy.run_id),
          "--workspace", str(tmp_path / "ws")],
