@@ -10,22 +10,10 @@ activation.  A profile made for a device carries that device's codec, and
 :meth:`NodeProfile.cut_bytes` answers in that codec's bytes, so the planner's
 transmission term is what the device really sends.
 
-Besides time, one extra pass over the sample measures per stage:
-
-FLOPs
-    counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which
-    counts the floating-point operations of matrix products and
-    convolutions (two per multiply-accumulate); element-wise operations,
-    pooling and normalisation count zero.
-peak activation bytes
-    the stage's input plus the largest total of tensors the stage had
-    allocated and still alive at any moment, measured with a
-    :class:`~torch.utils._python_dispatch.TorchDispatchMode` that sees every
-    ATen operation's outputs and follows each output storage until its last
-    tensor is freed.  Weights are not counted (they are ``param_bytes``),
-    nor is scratch memory a kernel allocates and frees inside one operation
-    (a convolution's workspace), so the figure is a lower bound of what the
-    allocator asks for.
+Besides time, one more pass over the sample measures each stage's FLOPs
+(:class:`torch.utils.flop_counter.FlopCounterMode`) and peak activation
+bytes (followed allocation by allocation); :mod:`splitlab.footprint` says
+what each figure counts and what it leaves out.
 """
 
 from __future__ import annotations
