@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,49 @@ def test_round_trip_fuzz(values: list[float], name: str) -> None:
         assert (
             np.abs(out.astype(np.float64) - array).max() <= header["scale"] / 2 + slack
         )
+
+
+def _codec_scenario(**changes: Any) -> dict[str, Any]:
+    link = {"latency_ms": 1, "rate_mbps": 10}
+    data: dict[str, Any] = {
+        "name": "c",
+        "devices": [
+            {"name": "a", "cpu_share": 0.5, "link": link},
+            {"name": "b", "cpu_share": 0.5, "codec": "fp16+lz4", "link": link},
+        ],
+    }
+    data.update(changes)
+    return data
+
+
+def test_scenario_codecs_default_override_and_command_line() -> None:
+    scenario = parse_scenario(_codec_scenario(), source="s.yaml")
+    assert scenario.codec == "fp32"
+    assert scenario.device_codec("a") == "fp32"
+    assert scenario.device_codec("b") == "fp16+lz4"
+    scenario = parse_scenario(_codec_scenario(codec="int8"), source="s.yaml")
+    assert [scenario.device_codec(n) for n in "ab"] == ["int8", "fp16+lz4"]
+    # run --codec sets every device's codec.
+    forced = scenario.with_codec("int8+zstd")
+    assert [forced.device_codec(n) for n in "ab"] == ["int8+zstd", "int8+zstd"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"codec": "int4"}, "s.yaml: codec: unknown codec 'int4'"),
+        (
+            {"devices": [{"name": "a", "cpu_share": 1, "codec": "fp32+gzip",
+                          "link": {"latency_ms": 1, "rate_mbps": 1}}]},
+            "s.yaml: devices[0].codec: unknown codec 'fp32+gzip'",
+        ),
+    ],
+)  # fmt: skip
+def test_an_unknown_codec_in_a_scenario_is_named(
+    changes: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        parse_scenario(_codec_scenario(**changes), source="s.yaml")
 
 
 @pytest.mark.slow
