@@ -181,8 +181,7 @@ def main() -> None:
                     if row["codec"] in ("int8", "int8+zstd")
                 ],
             )  # fmt: skip
-    path = write_results("codec", results, started_load=started_load)
-    print(f"\nwrote {path}")
+    write_results("codec", results, started_load=started_load)
 
 
 if __name__ == "__main__":
