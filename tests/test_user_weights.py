@@ -183,14 +183,25 @@ def _good(tmp_path: Path) -> Path:
     ],
     ids=["missing-file", "factory-raises", "wrong-input", "wrong-keys", "wrong-shapes"],
 )
-def test_mistakes_exit_3_with_field_path_and_cause(
+def test_mistakes_are_input_errors_naming_field_path_and_cause(
     tmp_path: Path, factory: str, make_weights: Any, expected: str
 ) -> None:
     weights = make_weights(tmp_path)
-    result = _plan(tmp_path, _scenario_data(tmp_path, factory, weights))
-    assert result.returncode == 3, result.stderr
-    message = " ".join(result.stderr.split())
+    scenario = parse_scenario(_scenario_data(tmp_path, factory, weights), source="t")
+    with pytest.raises(ConfigError) as caught:
+        prepare_weights(scenario)
+    message = str(caught.value)
+    assert caught.value.exit_code == 3
     assert expected in message, message
     if factory in ("net", "wide"):
-        assert "weights:" in message and weights.name in message
+        assert message.startswith("weights: ") and weights.name in message
+    else:
+        assert "user.py" in message
+
+
+def test_the_command_line_exits_3_with_one_line(tmp_path: Path) -> None:
+    result = _plan(tmp_path, _scenario_data(tmp_path, "wide", _good(tmp_path)))
+    assert result.returncode == 3, result.stderr
+    assert "weights: " in result.stderr and "good.pt" in result.stderr
+    assert "head.weight [10, 256] (model [11, 256])" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
