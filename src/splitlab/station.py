@@ -388,6 +388,8 @@ class BaseStation:
             node=bs_name,
             warmup=scenario.profiling.warmup,
             repeats=scenario.profiling.repeats,
+            # Every codec of the run, so the store shows them side by side.
+            codecs=[scenario.device_codec(d.name) for d in scenario.devices],
         )
         self._bs_stage_s = tuple(stage.median_s for stage in bs_profile.stages)
         with self._store_lock:
