@@ -340,6 +340,7 @@ def test_a_run_with_int8_zstd_shrinks_the_bytes_and_reports_agreement(
             assert task.matches_unsplit
     assert profiles["d1"].codec == "int8+zstd"
     assert profiles["d1"].cut_bytes(3) < profiles["d1"].cut_bytes(3, "fp32") / 4
+    assert profiles["bs"].cut_bytes(3, "int8+zstd") < profiles["bs"].cut_bytes(3) / 4
 
     # Lossy tasks are compared, not failed; the fp32 device is checked exactly.
     assert summary.verified == summary.matched == 8
