@@ -24,7 +24,7 @@ from common import load_average, print_table, write_results
 
 HERE = Path(__file__).resolve().parent
 SIDE_BY_SIDE = ("split", "transport", "link", "memory", "endtoend")
-OLDER = ("planner", "simulate", "load")
+OLDER = ("planner", "simulate", "load", "codec")
 
 
 def main() -> None:

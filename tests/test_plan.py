@@ -142,8 +142,9 @@ def test_memory_excludes_a_cut() -> None:
     with pytest.raises(
         ConfigError,
         match=(
-            r"algorithm 'local-only' gave device 'a' cut 2, whose head weights "
-            r"need 1100 bytes but device_memory_bytes is 500"
+            r"algorithm 'local-only' gave device 'a' cut 2, whose head needs "
+            r"1100 bytes \(weights 1100, peak activations 0\) but "
+            r"device_memory_bytes is 500"
         ),
     ):
         make_plan("local-only", tight)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from splitlab.codec import DEFAULT_CODEC, encode, parse_codec
 from splitlab.data import Samples, load_inputs, read_npz
 from splitlab.errors import ProtocolError, SplitlabError
 from splitlab.lifetime import die_with_parent
@@ -161,6 +162,7 @@ class DeviceAgent:
         # agent then sends unshaped.
         self.emulate_link = True
         self.seed = 0
+        self.codec = DEFAULT_CODEC
         self.on_cut: Callable[[], None] | None = None
 
     def cut_link(self) -> None:
@@ -256,6 +258,7 @@ class DeviceAgent:
         )
         self.emulate_link = bool(link.get("emulate", True))
         self.seed = int(request["seed"])
+        self.codec = parse_codec(str(request.get("codec", DEFAULT_CODEC))).name
         sample = torch.from_numpy(dataset.sample(int(request["sample"])))
         profile = profile_model(
             self.model,
@@ -263,6 +266,7 @@ class DeviceAgent:
             node=self.config.node,
             warmup=int(request["warmup"]),
             repeats=int(request["repeats"]),
+            codec=self.codec,
         )
         reply = profile_to_dict(profile)
         reply["rss_bytes"] = resident_bytes()
@@ -305,6 +309,14 @@ class DeviceAgent:
                 started_at = time.time()
                 x = torch.from_numpy(inputs.sample(int(sample)))
                 output = model.run(x, 0, cut).contiguous().numpy()
+                # The cut tensor crosses in the device's codec; a local
+                # result is reported as it is, for verification.
+                if cut == model.num_stages:
+                    kind = MessageKind.RESULT
+                    described, payload = tensor_header(output), output.tobytes()
+                else:
+                    kind = MessageKind.TENSOR
+                    described, payload = encode(output, self.codec)
                 finished_at = time.time()
                 header = {
                     "task_id": int(task_id),
@@ -312,14 +324,9 @@ class DeviceAgent:
                     "arrival_at": arrival_at,
                     "started_at": started_at,
                     "finished_at": finished_at,
-                    "tensor": tensor_header(output),
+                    "tensor": described,
                 }
-                kind = (
-                    MessageKind.RESULT
-                    if cut == model.num_stages
-                    else MessageKind.TENSOR
-                )
-                uplink.send(int(task_id), kind, header, output.tobytes())
+                uplink.send(int(task_id), kind, header, payload)
         uplink.send(DONE_KEY, MessageKind.DONE, {"tasks": len(tasks)}, b"")
         return uplink.wait_for_bye()
 

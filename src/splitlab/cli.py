@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from splitlab.data import load_inputs
+from splitlab.codec import CODECS
+from splitlab.data import load_held_out, load_inputs
 from splitlab.errors import ConfigError, SplitlabError, TestbedError
 from splitlab.experiment import (
     default_workspace,
@@ -44,7 +47,7 @@ from splitlab.plan import (
     PlanningProblem,
     make_plan,
 )
-from splitlab.profile import NodeProfile, StageProfile, profile_model
+from splitlab.profile import NodeProfile, profile_model
 from splitlab.report import RunSummary, summarise
 from splitlab.results import ResultStore
 from splitlab.scenario import Scenario, load_scenario
@@ -109,6 +112,9 @@ def _scenario(
     return scenario.with_overrides(**overrides)
 
 
+# The codecs 'splitlab profile' shows when none is named.
+PROFILE_CODECS = ("fp32", "fp16", "int8", "int8+zstd")
+
 _workspace_option = click.option(
     "--workspace",
     type=click.Path(file_okay=False, path_type=Path),
@@ -156,11 +162,18 @@ _workspace_option = click.option(
     metavar="RUN",
     help="Continue the incomplete run RUN: its unfinished tasks only.",
 )
+@click.option(
+    "--codec",
+    type=click.Choice(CODECS),
+    default=None,
+    help="Send every device's cut tensor in this codec (overrides the scenario).",
+)
 @_workspace_option
 def run(
     *,
     backend: str | None,
     resume: int | None,
+    codec: str | None,
     scenario: str | None,
     algorithm: str | None,
     scheduler: str | None,
@@ -171,16 +184,19 @@ def run(
 ) -> None:
     """Run SCENARIO (a YAML file; the bundled default when omitted)."""
     if resume is not None:
-        if scenario or algorithm or scheduler or tasks or data:
+        if scenario or algorithm or scheduler or tasks or data or codec:
             raise ConfigError(
                 "--resume continues a run with its own scenario: give no "
-                "scenario, --algorithm, --scheduler, --tasks or --data with it"
+                "scenario, --algorithm, --scheduler, --tasks, --data or --codec "
+                "with it"
             )
         loaded = resumable(workspace, resume)
     else:
         loaded = _scenario(
             scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
         )
+        if codec is not None:
+            loaded = loaded.with_codec(codec)
     if backend is not None:
         loaded = loaded.with_overrides(backend=backend)
     console.print(
@@ -224,6 +240,12 @@ def run(
                 f"verified {event['matched']}/{event['total']} tasks against the "
                 f"unsplit model ({closeness})"
             )
+            for check in event.get("codecs", ()):
+                say(
+                    f"{check['codec']}: {check['tasks']} tasks compared with "
+                    f"fp32, top-1 agreement {check['agreement']:.1%}, accuracy "
+                    f"change {check['accuracy_change'] * 100:+.1f} points"
+                )
 
     # SIGTERM stops a run like Ctrl-C does: the testbed is torn down and the
     # run is marked incomplete.
@@ -335,13 +357,16 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.min_cosine is not None:
         accuracy = f"lowest cosine to the unsplit embedding {summary.min_cosine:.7f}"
     tasks = summary.rows[-1].tasks
-    if summary.verified == tasks:
+    if summary.verified + summary.compared == tasks:
         checked = (
             f"split output equals the unsplit model for {summary.matched} of "
             f"{summary.verified} tasks"
         )
+        if summary.compared:
+            checked += f" ({summary.compared} sent in a lossy codec are compared)"
     else:
-        checked = f"{tasks - summary.verified} of {tasks} tasks not verified"
+        unchecked = tasks - summary.verified - summary.compared
+        checked = f"{unchecked} of {tasks} tasks not verified"
     missed = ""
     if summary.deadline_misses is not None:
         missed = f"; {summary.deadline_misses} of {tasks} tasks missed the deadline"
@@ -349,6 +374,14 @@ def _print_summary(summary: RunSummary) -> None:
         f"{checked}; {accuracy}{missed}; CPU limits by "
         f"{', '.join(summary.limit_mechanisms) or '-'}"
     )
+    for check in summary.codec_checks:
+        console.print(
+            f"codec {check.codec}: {check.tasks} tasks against fp32: top-1 "
+            f"agreement {check.agreement:.1%}, accuracy change "
+            f"{check.accuracy_change * 100:+.1f} points, max |change| "
+            f"{check.max_abs_change:.3g} ({check.max_relative_change:.2%} of the "
+            "largest output)"
+        )
     if run.reason:
         console.print(f"reason: {run.reason}")
     if summary.usage or summary.energy_per_task_j:
@@ -561,11 +594,26 @@ def _sample_shape(
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option(
+    "--codec",
+    "codecs",
+    type=click.Choice(CODECS),
+    multiple=True,
+    help="A codec whose bytes at each cut to show; repeat for several "
+    "(default: fp32, fp16, int8, int8+zstd).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write the profile as JSON to this file.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw time and bytes per stage to this PNG file.",
 )
 @click.option(
     "--input-shape",
@@ -575,52 +623,94 @@ def _sample_shape(
     "as 3x64x64 (default: its fixed shape, else 3x32x32).",
 )
 def profile(
+    *,
     model: str,
     warmup: int,
     repeats: int,
+    codecs: tuple[str, ...],
     json_path: Path | None,
+    plot_path: Path | None,
     input_shape: tuple[int, ...] | None,
 ) -> None:
-    """Time every stage of MODEL on this machine (one thread, batch of one).
+    """Profile every stage of MODEL on this machine (one thread, batch of one).
 
-    MODEL is a registered model or a path to an ONNX file.
+    MODEL is a registered model or a path to an ONNX file.  An image model's
+    sample is a real held-out MNIST image, with the weights the default
+    scenario trains if they are cached, else its initial weights; a text
+    model profiles its example sentence; an ONNX file a zero sample.
     """
     import torch
 
+    from splitlab.weights import load_weights, weights_path
+
     torch.set_num_threads(1)
+    codecs = codecs or PROFILE_CODECS
+    staged: StagedModel
     if is_onnx_file(model):
         from splitlab.onnxgraph import OnnxStagedModel
 
-        staged: StagedModel = OnnxStagedModel(Path(model), input_shape=input_shape)
+        staged = OnnxStagedModel(Path(model), input_shape=input_shape)
+        sample = staged.example_input()
     elif input_shape is not None:
         raise click.BadParameter(
             "only an ONNX model takes an input shape", param_hint="--input-shape"
         )
-    else:
+    elif MODELS[model].dataset is not None:
         staged = build_model(model).eval()
-    sample = staged.example_input()
-    result = profile_model(staged, sample, node="local", warmup=warmup, repeats=repeats)
-    _print_profile(result)
+        sample = staged.example_input()
+    else:
+        defaults = load_scenario().training
+        data = load_held_out("mnist", data_dir=None,
+                             test_fraction=defaults.test_fraction, seed=1)  # fmt: skip
+        staged = build_model(model, classes=len(data.classes)).eval()
+        cached = weights_path(model, "mnist", epochs=defaults.epochs, seed=1)
+        if cached.is_file():
+            load_weights(staged, cached)
+            console.print(f"weights: {cached}")
+        else:
+            console.print("weights: initial (none cached; 'splitlab run' trains them)")
+        sample = torch.tensor(data.images[:1])
+    result = profile_model(
+        staged, sample, node="local", warmup=warmup, repeats=repeats, codecs=codecs
+    )
+    _print_profile(result, codecs)
     if json_path is not None:
         from splitlab.profile import profile_to_dict
 
         json_path.write_text(json.dumps(profile_to_dict(result), indent=2))
         console.print(f"wrote {json_path}")
+    if plot_path is not None:
+        from splitlab.plot import png_bytes, stage_cost_figure
+
+        plot_path.write_bytes(png_bytes(stage_cost_figure(result, codecs)))
+        console.print(f"wrote {plot_path}")
 
 
-def _print_profile(result: NodeProfile) -> None:
-    table = Table(title=f"{result.model} on {result.node}", title_justify="left")
-    for header in ("k", "stage", "median ms", "p95 ms", "output bytes", "param bytes"):
+def _print_profile(result: NodeProfile, codecs: Sequence[str] = ("fp32",)) -> None:
+    table = Table(
+        title=f"{result.model} on {result.node}: time per stage, MFLOPs, weights, "
+        "peak activation memory, and the bytes sent at a cut after the stage in "
+        "each codec",
+        title_justify="left",
+    )
+    headers = ["k", "stage", "median ms", "p95 ms", "MFLOPs", "param bytes",
+               "peak act. bytes", *codecs]  # fmt: skip
+    for header in headers:
         table.add_column(header, justify="left" if header == "stage" else "right")
-    table.add_row("0", "(input)", "", "", str(result.input_bytes), "")
+    table.add_row(
+        "0", "(input)", "", "", "", "", "",
+        *(str(result.cut_bytes(0, codec)) for codec in codecs),
+    )  # fmt: skip
     for index, stage in enumerate(result.stages, start=1):
         table.add_row(
             str(index),
             stage.name,
             f"{stage.median_s * 1e3:.3f}",
             f"{stage.p95_s * 1e3:.3f}",
-            str(stage.output_bytes),
+            f"{stage.flops / 1e6:.2f}",
             str(stage.param_bytes),
+            str(stage.peak_activation_bytes),
+            *(str(result.cut_bytes(index, codec)) for codec in codecs),
         )
     console.print(table)
 
@@ -869,19 +959,18 @@ def _planning_profiles(
         node=scenario.base_station.name,
         warmup=scenario.profiling.warmup,
         repeats=scenario.profiling.repeats,
+        codecs=[scenario.device_codec(device.name) for device in scenario.devices],
     )
     devices = {
-        device.name: NodeProfile(
+        device.name: replace(
+            bs,
             node=device.name,
-            model=bs.model,
-            input_bytes=bs.input_bytes,
+            codec=scenario.device_codec(device.name),
             stages=tuple(
-                StageProfile(
-                    s.name,
-                    s.median_s / device.share,
-                    s.p95_s / device.share,
-                    s.output_bytes,
-                    s.param_bytes,
+                replace(
+                    s,
+                    median_s=s.median_s / device.share,
+                    p95_s=s.p95_s / device.share,
                 )
                 for s in bs.stages
             ),

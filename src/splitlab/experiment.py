@@ -36,7 +36,12 @@ from splitlab.scenario import Scenario, parse_scenario
 from splitlab.station import StationConfig
 from splitlab.testbed import LocalTestbed
 from splitlab.verification import verify_run
-from splitlab.weights import TrainedWeights, ensure_weights, load_trained
+from splitlab.weights import (
+    TrainedWeights,
+    ensure_weights,
+    import_weights,
+    load_trained,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +130,19 @@ def _run_environment(scenario: Scenario) -> dict[str, Any]:
 
 
 def prepare_weights(scenario: Scenario, *, progress: bool = False) -> TrainedWeights:
-    """Load the scenario's model weights from the cache, training them if absent."""
+    """Load the scenario's model weights from the cache, training them if absent.
+
+    A user model with ``weights`` in its scenario uses those instead.
+    """
+    if scenario.weights is not None:
+        return import_weights(
+            scenario.model,
+            scenario.weights,
+            dataset=scenario.data.dataset,
+            data_dir=scenario.data.dir,
+            test_fraction=scenario.training.test_fraction,
+            seed=scenario.seed,
+        )
     return ensure_weights(
         scenario.model,
         dataset=scenario.data.dataset,
@@ -338,7 +355,8 @@ def _verify_here(
         seed=scenario.seed,
     )
     model = load_trained(scenario.model, weights.path, classes=len(data.classes))
-    verify_run(store, run_id, model=model, data=data)
+    codecs = {d.name: scenario.device_codec(d.name) for d in scenario.devices}
+    verify_run(store, run_id, model=model, data=data, codecs=codecs)
 
 
 def mark_abandoned(store: ResultStore) -> list[int]:

@@ -29,7 +29,8 @@ the process that plans (the base station): it is trusted code that the user
 chose, and must never come from a peer.
 
 Every algorithm only proposes cuts the device can hold: ``k = 0``, or a ``k``
-whose head weights fit in the device's memory.  Delays within
+whose head weights and peak activations fit in the device's memory together
+(:meth:`splitlab.profile.NodeProfile.head_memory_bytes`).  Delays within
 :data:`EQUAL_S` of each other count as equal, so float rounding never
 decides a tie; ties go to the larger cut, then to the device first by name.
 """
@@ -120,8 +121,9 @@ class PlanningProblem:
     workers:
         How many stages the BS runs at the same time.
     device_memory_bytes:
-        Memory each device can give to the weights of its head; a cut
-        ``k > 0`` is allowed only if ``head_param_bytes(k)`` fits.
+        Memory each device can give to its head; a cut ``k > 0`` is allowed
+        only if the head's weights plus its peak activation memory
+        (``head_memory_bytes(k)`` of the device's profile) fit.
     objective:
         What the contention-aware algorithms minimise over the task delays:
         ``total`` (the sum, i.e. the mean times the task count), ``variance``
@@ -218,7 +220,7 @@ class PlanningProblem:
         return tuple(
             cut
             for cut in range(self.num_stages + 1)
-            if cut == 0 or profile.head_param_bytes(cut) <= memory_bytes
+            if cut == 0 or profile.head_memory_bytes(cut) <= memory_bytes
         )
 
     def predict(self, cuts: Mapping[str, int]) -> tuple[TaskPrediction, ...]:
@@ -577,13 +579,15 @@ def _checked_cuts(
                 f"algorithm {name!r} gave device {device!r} cut {cut}, "
                 f"outside 0..{problem.num_stages}"
             )
-        need_bytes = problem.device_profiles[device].head_param_bytes(cut)
+        profile = problem.device_profiles[device]
+        need_bytes = profile.head_memory_bytes(cut)
         have_bytes = problem.device_memory_bytes[device]
         if cut > 0 and need_bytes > have_bytes:
             raise ConfigError(
                 f"algorithm {name!r} gave device {device!r} cut {cut}, whose head "
-                f"weights need {need_bytes} bytes but device_memory_bytes is "
-                f"{have_bytes}"
+                f"needs {need_bytes} bytes (weights {profile.head_param_bytes(cut)}"
+                f", peak activations {profile.head_peak_activation_bytes(cut)}) "
+                f"but device_memory_bytes is {have_bytes}"
             )
         cuts[device] = cut
     return MappingProxyType(cuts)

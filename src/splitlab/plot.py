@@ -498,3 +498,42 @@ def cut_rate_figure(comparison: Comparison) -> Figure:
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=9, title=comparison.line_name, title_fontsize=9)
     return figure
+
+
+def stage_cost_figure(profile: NodeProfile, codecs: Sequence[str]) -> Figure:
+    """One node's profile: time per stage, and bytes at each cut per codec.
+
+    The upper axes show each stage's median time (bar) and 95th percentile
+    (tick); the lower ones the bytes that cross the link at every cut ``k``
+    (``k = 0`` the input) in each codec, on a log scale.
+    """
+    figure = Figure(figsize=(8.0, 6.0), layout="constrained")
+    if not profile.stages:
+        return _empty(figure, "no stages")
+    timing, sizes = figure.subplots(2, 1)
+    names = [stage.name for stage in profile.stages]
+    positions = np.arange(1, len(names) + 1)
+    medians_ms = [stage.median_s * 1e3 for stage in profile.stages]
+    p95s_ms = [stage.p95_s * 1e3 for stage in profile.stages]
+    timing.bar(positions, medians_ms, color=PART_COLOURS["device compute"],
+               label="median")  # fmt: skip
+    timing.scatter(positions, p95s_ms, marker="_", s=200, color="black",
+                   label="p95", zorder=3)  # fmt: skip
+    timing.set_xticks(positions, names, rotation=45, ha="right")
+    timing.set_ylabel("time (ms)")
+    timing.set_title(f"{profile.model} on {profile.node}: time per stage")
+    timing.legend(loc="upper right")
+
+    cuts = list(range(profile.num_stages + 1))
+    for index, codec in enumerate(codecs):
+        counts = [max(profile.cut_bytes(cut, codec), 1) for cut in cuts]
+        sizes.plot(cuts, counts, marker=_MARKERS[index % len(_MARKERS)],
+                   color=_PALETTE[index % len(_PALETTE)], label=codec)  # fmt: skip
+    sizes.set_yscale("log")
+    _plain_log(sizes.yaxis)
+    sizes.set_xticks(cuts, ["input", *names], rotation=45, ha="right")
+    sizes.set_xlabel("cut k (after this stage)")
+    sizes.set_ylabel("bytes sent")
+    sizes.set_title("bytes crossing the link at each cut")
+    sizes.legend(loc="upper right")
+    return figure

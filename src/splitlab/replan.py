@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from splitlab.link import LinkSpec
-from splitlab.profile import NodeProfile, StageProfile
+from splitlab.profile import NodeProfile
 
 Quantity = Literal["device compute", "link transfer"]
 
@@ -83,13 +83,7 @@ def rescaled_profile(profile: NodeProfile, ratio: float) -> NodeProfile:
     return replace(
         profile,
         stages=tuple(
-            StageProfile(
-                name=stage.name,
-                median_s=stage.median_s * ratio,
-                p95_s=stage.p95_s * ratio,
-                output_bytes=stage.output_bytes,
-                param_bytes=stage.param_bytes,
-            )
+            replace(stage, median_s=stage.median_s * ratio, p95_s=stage.p95_s * ratio)
             for stage in profile.stages
         ),
     )

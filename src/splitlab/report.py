@@ -28,7 +28,13 @@ import yaml
 from splitlab.energy import mean_by_device, run_energy
 from splitlab.errors import ConfigError
 from splitlab.monitor import NodeUsage, summarise_usage
-from splitlab.results import PredictionRecord, ResultStore, RunRecord, TaskRecord
+from splitlab.results import (
+    CodecCheck,
+    PredictionRecord,
+    ResultStore,
+    RunRecord,
+    TaskRecord,
+)
 from splitlab.usercode import is_onnx_file
 
 OVERALL = "all"
@@ -102,6 +108,11 @@ class RunSummary:
     energy_per_task_j:
         Mean modelled energy per task, in joules, of each device that names
         a device class (see :mod:`splitlab.energy`).
+    compared:
+        Tasks sent in a lossy codec and compared with the float32 model
+        rather than checked for equality.
+    codec_checks:
+        One comparison per lossy codec used in the run.
     """
 
     run: RunRecord
@@ -114,6 +125,8 @@ class RunSummary:
     min_cosine: float | None = None
     usage: tuple[NodeUsage, ...] = ()
     energy_per_task_j: Mapping[str, float] = field(default_factory=dict)
+    compared: int = 0
+    codec_checks: tuple[CodecCheck, ...] = ()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -197,6 +210,12 @@ def summarise(store: ResultStore, run_id: int) -> RunSummary:
         min_cosine=min_cosine,
         usage=summarise_usage(store.samples(run_id)),
         energy_per_task_j=mean_by_device(run_energy(store, run_id)),
+        compared=sum(
+            1
+            for task in tasks
+            if task.matches_unsplit is None and task.max_abs_diff is not None
+        ),
+        codec_checks=tuple(store.codec_checks(run_id)),
     )
 
 
@@ -725,6 +744,15 @@ def run_report_html(store: ResultStore, run_id: int) -> str:
             f"{summary.matched} of {summary.verified} tasks",
         ),
         ("accuracy on the tasks", accuracy),
+        *(
+            (
+                f"codec {check.codec} against fp32",
+                f"{check.tasks} tasks, top-1 agreement {check.agreement:.1%}, "
+                f"accuracy change {check.accuracy_change * 100:+.1f} points, "
+                f"max |change| {check.max_abs_change:.3g}",
+            )
+            for check in summary.codec_checks
+        ),
         ("CPU limits by", ", ".join(summary.limit_mechanisms) or "-"),
         (
             "versions",

@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from splitlab.errors import ConfigError
-from splitlab.profile import NodeProfile, StageProfile
+from splitlab.profile import (
+    NodeProfile,
+    StageProfile,
+    profile_from_dict,
+    profile_to_dict,
+)
 
 RunStatus = Literal["running", "completed", "incomplete"]
 
@@ -126,6 +131,24 @@ CREATE TABLE IF NOT EXISTS samples (
     cpu_fraction REAL,
     rss_bytes INTEGER NOT NULL,
     rtt_s REAL
+
+);
+CREATE TABLE IF NOT EXISTS profile_details (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    node TEXT NOT NULL,
+    profile_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, node)
+);
+CREATE TABLE IF NOT EXISTS codec_checks (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    codec TEXT NOT NULL,
+    tasks INTEGER NOT NULL,
+    agreed INTEGER NOT NULL,
+    correct INTEGER NOT NULL,
+    correct_fp32 INTEGER NOT NULL,
+    max_abs_change REAL NOT NULL,
+    max_relative_change REAL NOT NULL,
+    PRIMARY KEY (run_id, codec)
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -164,6 +187,65 @@ class TaskRecord:
     completed_at: float
     matches_unsplit: bool | None = None
     max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CodecCheck:
+    """How the tasks whose cut tensor crossed in one lossy codec compare.
+
+    Each such task's output is compared with the unsplit float32 model's on
+    the same input.
+
+    Attributes
+    ----------
+    codec:
+        The codec's name (``int8+zstd``).
+    tasks:
+        Tasks compared.
+    agreed:
+        Tasks whose top-1 class equals the float32 model's.
+    correct, correct_fp32:
+        Tasks whose class equals the label, with the codec and in float32.
+    max_abs_change:
+        The largest absolute change of an output value.
+    max_relative_change:
+        The largest absolute change over the largest float32 output
+        magnitude of the same task.
+    """
+
+    codec: str
+    tasks: int
+    agreed: int
+    correct: int
+    correct_fp32: int
+    max_abs_change: float
+    max_relative_change: float
+
+    @property
+    def agreement(self) -> float:
+        """Share of tasks whose top-1 class equals the float32 model's."""
+        return self.agreed / self.tasks if self.tasks else float("nan")
+
+    @property
+    def accuracy_change(self) -> float:
+        """Accuracy with the codec minus accuracy in float32, same inputs."""
+        if not self.tasks:
+            return float("nan")
+        return (self.correct - self.correct_fp32) / self.tasks
+
+    def merged(self, other: CodecCheck) -> CodecCheck:
+        """This check and ``other`` (of the same codec) as one."""
+        return CodecCheck(
+            codec=self.codec,
+            tasks=self.tasks + other.tasks,
+            agreed=self.agreed + other.agreed,
+            correct=self.correct + other.correct,
+            correct_fp32=self.correct_fp32 + other.correct_fp32,
+            max_abs_change=max(self.max_abs_change, other.max_abs_change),
+            max_relative_change=max(
+                self.max_relative_change, other.max_relative_change
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +489,11 @@ class ResultStore:
                     for index, stage in enumerate(profile.stages)
                 ],
             )
+            # The whole profile (FLOPs, peak memory, bytes per codec) as JSON.
+            db.execute(
+                "INSERT OR REPLACE INTO profile_details VALUES (?, ?, ?)",
+                (run_id, profile.node, json.dumps(profile_to_dict(profile))),
+            )
 
     def record_plan(
         self,
@@ -446,14 +533,22 @@ class ResultStore:
             )
 
     def record_verification(
-        self, run_id: int, results: Sequence[tuple[int, bool, float]]
+        self, run_id: int, results: Sequence[tuple[int, bool | None, float]]
     ) -> None:
-        """Store ``(task_id, matches_unsplit, max_abs_diff)`` for tasks."""
+        """Store ``(task_id, matches_unsplit, max_abs_diff)`` for tasks.
+
+        ``matches_unsplit`` is ``None`` for a task whose cut tensor crossed
+        in a lossy codec: it is compared, not held to equality (see
+        :meth:`record_codec_check`).
+        """
         with self._transaction() as db:
             db.executemany(
                 "UPDATE tasks SET matches_unsplit = ?, max_abs_diff = ?"
                 " WHERE run_id = ? AND task_id = ?",
-                [(int(ok), diff, run_id, task_id) for task_id, ok, diff in results],
+                [
+                    (None if ok is None else int(ok), diff, run_id, task_id)
+                    for task_id, ok, diff in results
+                ],
             )
 
     def record_samples(self, run_id: int, samples: Sequence[UsageSample]) -> None:
@@ -465,6 +560,26 @@ class ResultStore:
                 f" VALUES ({placeholders})",
                 [(run_id, *asdict(sample).values()) for sample in samples],
             )
+
+    def record_codec_check(self, run_id: int, check: CodecCheck) -> None:
+        """Add a lossy codec's comparison to the run's (merging with earlier)."""
+        earlier = {c.codec: c for c in self.codec_checks(run_id)}.get(check.codec)
+        if earlier is not None:
+            check = earlier.merged(check)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO codec_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, *asdict(check).values()),
+            )
+
+    def codec_checks(self, run_id: int) -> list[CodecCheck]:
+        """Every lossy codec's comparison for a run, by codec name."""
+        rows = self._db.execute(
+            "SELECT codec, tasks, agreed, correct, correct_fp32, max_abs_change,"
+            " max_relative_change FROM codec_checks WHERE run_id = ? ORDER BY codec",
+            (run_id,),
+        )
+        return [CodecCheck(*row) for row in rows]
 
     def record_event(self, run_id: int, node: str, kind: str, detail: str) -> None:
         """Append a line to the run's event log."""
@@ -606,6 +721,12 @@ class ResultStore:
                 warmup=first[7],
                 repeats=first[8],
             )
+        details = self._db.execute(
+            "SELECT node, profile_json FROM profile_details WHERE run_id = ?",
+            (run_id,),
+        )
+        for node, text in details:
+            profiles[node] = profile_from_dict(json.loads(text))
         return profiles
 
     def samples(self, run_id: int) -> list[UsageSample]:

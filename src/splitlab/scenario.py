@@ -113,6 +113,8 @@ class DeviceConfig(_Strict):
     # Where the device stands; without a hand-set link, the link is the WiFi
     # link this position implies (splitlab.placement), filled in by Scenario.
     position_m: PositionM | None = None
+    # The codec of this device's cut tensor; the scenario's when not given.
+    codec: str | None = None
     link: LinkConfig
     load: LoadConfig | None = None
     # The CPUs the device (and its load) may run on; all when omitted.
@@ -127,6 +129,11 @@ class DeviceConfig(_Strict):
     ssh: SshConfig | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("codec")
+    @classmethod
+    def _known_device_codec(cls, value: str | None) -> str | None:
+        return None if value is None else _known_codec(value)
 
     @model_validator(mode="after")
     def _needs_speed(self) -> Self:
@@ -232,6 +239,11 @@ class Scenario(_Strict):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)] = 1
     backend: Literal["local", "netns", "ssh"] = "local"
     model: str = "alexnet"
+    # Trained weights for a user model (safetensors or a state dict file),
+    # used instead of training it.
+    weights: Path | None = None
+    # How every device encodes its cut tensor (see splitlab.codec).
+    codec: str = "fp32"
     data: DataConfig = DataConfig()
     workload: WorkloadConfig = WorkloadConfig()
     profiling: ProfilingConfig = ProfilingConfig()
@@ -281,6 +293,20 @@ class Scenario(_Strict):
                 raise ValueError(f"ONNX model file {value} does not exist")
             return value
         return _known("model", value, MODELS)
+
+    @field_validator("codec")
+    @classmethod
+    def _known_scenario_codec(cls, value: str) -> str:
+        return _known_codec(value)
+
+    @model_validator(mode="after")
+    def _weights_for_user_model(self) -> Self:
+        if self.weights is not None and not is_reference(self.model):
+            raise ValueError(
+                f"weights are for a user model (FILE.py:FACTORY); model "
+                f"{self.model!r} is trained by splitlab"
+            )
+        return self
 
     @field_validator("algorithm")
     @classmethod
@@ -362,6 +388,19 @@ class Scenario(_Strict):
                 )
             boards[board] = device.name
         return self
+
+    def device_codec(self, device: str) -> str:
+        """The codec ``device`` sends its cut tensor with."""
+        config = next(d for d in self.devices if d.name == device)
+        return config.codec or self.codec
+
+    def with_codec(self, codec: str) -> Scenario:
+        """A copy in which every device uses ``codec`` (``run --codec``)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        data["codec"] = codec
+        for device in data["devices"]:
+            device.pop("codec", None)
+        return parse_scenario(data, source="command line")
 
     def to_yaml(self) -> str:
         """The scenario as YAML that :func:`parse_scenario` reads back."""
@@ -455,6 +494,14 @@ def _is_position(value: object) -> bool:
             for v in value
         )
     )
+
+
+def _known_codec(value: str) -> str:
+    from splitlab.codec import CODECS
+
+    if value not in CODECS:
+        raise ValueError(f"unknown codec {value!r}; known: {', '.join(CODECS)}")
+    return value
 
 
 def _known(field: str, value: str, known: Mapping[str, object]) -> str:

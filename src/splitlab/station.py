@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from splitlab.codec import decode
 from splitlab.data import Samples, load_inputs
 from splitlab.errors import ProtocolError, SplitlabError, TestbedError
 from splitlab.lifetime import die_with_parent
@@ -384,6 +385,7 @@ class BaseStation:
                     "sample": 0,
                     "warmup": scenario.profiling.warmup,
                     "repeats": scenario.profiling.repeats,
+                    "codec": scenario.device_codec(config.name),
                     "link": {
                         "latency_s": link.latency_s,
                         "rate_bps": link.rate_bps,
@@ -410,6 +412,8 @@ class BaseStation:
             node=bs_name,
             warmup=scenario.profiling.warmup,
             repeats=scenario.profiling.repeats,
+            # Every codec of the run, so the store shows them side by side.
+            codecs=[scenario.device_codec(d.name) for d in scenario.devices],
         )
         self._bs_stage_s = tuple(stage.median_s for stage in bs_profile.stages)
         with self._store_lock:
@@ -426,6 +430,11 @@ class BaseStation:
                 raise ProtocolError(
                     f"device {name} sent a profile of {profile.num_stages} stages "
                     f"for node {profile.node}; expected {bs_profile.num_stages}"
+                )
+            if profile.codec != scenario.device_codec(name):
+                raise ProtocolError(
+                    f"device {name} profiled codec {profile.codec}, expected "
+                    f"{scenario.device_codec(name)}"
                 )
             profiles[name] = profile
             with self._store_lock:
@@ -714,13 +723,13 @@ class BaseStation:
                 f"task {task.task_id} with cut {cut} does not belong to "
                 f"{device.name} at cuts {sorted(self._used_cuts[device.name])}"
             )
-        array = decode_tensor(header["tensor"], message.payload)
         arrival_at = float(header["arrival_at"])
         started_at = float(header["started_at"])
         finished_at = float(header["finished_at"])
 
         if message.kind == MessageKind.RESULT:
             # The whole model ran on the device: nothing crossed the link.
+            array = decode_tensor(header["tensor"], message.payload)
             self._record(
                 device,
                 task,
@@ -736,10 +745,12 @@ class BaseStation:
             )
             return
 
+        # The cut tensor came in the device's codec; what crossed the link
+        # is the encoded payload.
         offloaded = _Offloaded(
             spec=task,
             cut=cut,
-            tensor=torch.from_numpy(array),
+            tensor=torch.from_numpy(decode(header["tensor"], message.payload)),
             arrival_at=arrival_at,
             started_at=started_at,
             finished_at=finished_at,
@@ -939,7 +950,14 @@ class BaseStation:
         assert self.model is not None and self.data is not None
         with self._store_lock:
             outcome = verify_run(
-                self.store, self.config.run_id, model=self.model, data=self.data
+                self.store,
+                self.config.run_id,
+                model=self.model,
+                data=self.data,
+                codecs={
+                    d.name: self.scenario.device_codec(d.name)
+                    for d in self.scenario.devices
+                },
             )
         self.emit(
             "verified",
@@ -948,6 +966,16 @@ class BaseStation:
             accuracy=outcome.accuracy,
             max_abs_diff=outcome.max_abs_diff,
             min_cosine=outcome.min_cosine,
+            codecs=[
+                {
+                    "codec": check.codec,
+                    "tasks": check.tasks,
+                    "agreement": check.agreement,
+                    "accuracy_change": check.accuracy_change,
+                    "max_abs_change": check.max_abs_change,
+                }
+                for check in outcome.codec_checks
+            ],
         )
 
 

@@ -6,6 +6,14 @@ metadata; later runs load the file at once.  An ONNX model is never trained:
 its weights are the file itself.  A model with published weights
 (``ModelInfo.pretrained``, MiniLM) is never trained either: its weights are
 renamed to the stages' parameter names once and cached the same way.
+
+A user model (``model: FILE.py:FACTORY``) may bring its own weights
+(``weights: PATH``): a safetensors file, or a PyTorch state dict saved with
+``torch.save`` and read with ``torch.load(weights_only=True)``, which
+unpickles tensors and plain containers only.  :func:`import_weights` checks
+them against the module the factory builds, renames them to the staged
+model's parameters and caches them like trained weights, so every node
+loads the same safetensors file.
 """
 
 from __future__ import annotations
@@ -206,6 +214,129 @@ def _read_npz_weights(path: Path) -> dict[str, torch.Tensor]:
             return {name: torch.from_numpy(entries[name]) for name in entries.files}
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot read weights {path}: {error}") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a ``torch.save``'d state dict.
+
+    A file whose name ends in ``.safetensors`` is read as safetensors; any
+    other with ``torch.load(weights_only=True)``.  A checkpoint that keeps
+    its state dict under ``"state_dict"`` is unwrapped, and the ``module.``
+    prefix that ``nn.DataParallel`` puts on every name is removed.
+
+    Raises
+    ------
+    ConfigError
+        Naming the ``weights`` field and the path, if the file is missing,
+        unreadable, or not a mapping of names to tensors.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ConfigError(f"weights: {path} does not exist or is not a file")
+    try:
+        if path.suffix == ".safetensors":
+            state: object = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ConfigError(
+            f"weights: cannot read {path}: {type(error).__name__}: {first}"
+        ) from None
+    except Exception as error:
+        # torch.load refuses anything but tensors and plain containers with
+        # an UnpicklingError (or whatever the refused object's loader raises).
+        raise ConfigError(
+            f"weights: {path} is not a plain state dict: {type(error).__name__}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor)
+        for key, value in state.items()
+    ):
+        raise ConfigError(
+            f"weights: {path} holds a {type(state).__name__}, not a mapping of "
+            "parameter names to tensors"
+        )
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def import_weights(
+    model_name: str,
+    source: Path,
+    *,
+    dataset: str,
+    data_dir: Path | None,
+    test_fraction: float,
+    seed: int,
+    root: Path | None = None,
+) -> TrainedWeights:
+    """Check a user model's own weights and cache them for the run's nodes.
+
+    The weights are keyed by the source module's parameter names (what
+    ``module.state_dict()`` gives); they are renamed to the staged model's
+    and stored as safetensors, with the accuracy on the held-out data.
+
+    Raises
+    ------
+    ConfigError
+        Naming the ``weights`` field and the path, if the file is missing or
+        unreadable, or its names or shapes do not match the model's (the
+        first few of each are named); and whatever building the model
+        raises (see :func:`splitlab.models.build_model`).
+    """
+    from safetensors.torch import save_file
+
+    from splitlab.graph import staged_state_dict
+
+    source_state = read_state_dict(source)
+    _, test_set = load_splits(
+        dataset, data_dir=data_dir, test_fraction=test_fraction, seed=seed
+    )
+    model = build_model(model_name, classes=len(test_set.classes))
+    try:
+        state = staged_state_dict(model, source_state)
+    except ConfigError as error:
+        raise ConfigError(f"weights: {source}: {error}") from None
+    expected = model.state_dict()
+    wrong = [
+        f"{key} {list(value.shape)} (model {list(expected[key].shape)})"
+        for key, value in state.items()
+        if value.shape != expected[key].shape
+    ]
+    if wrong:
+        raise ConfigError(
+            f"weights: {source}: {len(wrong)} tensors have the wrong shape: "
+            f"{', '.join(wrong[:3])}"
+        )
+    model.load_state_dict(state, strict=True)
+    accuracy = evaluate(model, test_set)
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    reference = weights_path(
+        model_name, dataset, data_dir=data_dir, epochs=0, seed=seed, root=root
+    )
+    path = reference.with_name(reference.stem + f"-{digest}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    metadata = {
+        "model": model_name,
+        "dataset": dataset,
+        "source": str(source.resolve()),
+        "test_accuracy": f"{accuracy:.6f}",
+        "test_samples": str(len(test_set.labels)),
+    }
+    tensors = {key: value.contiguous() for key, value in model.state_dict().items()}
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)
+    logger.info("imported weights %s for %s, test accuracy %.4f",
+                source, model_name, accuracy)  # fmt: skip
+    return TrainedWeights(path, accuracy, trained_now=False, train_s=0.0)
 
 
 def ensure_weights(
