@@ -263,8 +263,7 @@ def test_a_small_share_stretches_the_period_to_keep_a_1_ms_quota() -> None:
 @pytest.mark.parametrize("station", ["192.168.7.1", "fd00::1"])
 def test_every_board_script_is_valid_bash(station: str, tmp_path: Path) -> None:
     scripts = board_scripts(
-        _device(ssh={"host": "pi.lan", "user": "pi", "key": "/k",
-                     "load": {"cpu_percent": 30}}),
+        _device(load={"cpu_percent": 30}),
         prefix="r1p2", run_dir="/home/pi/.splitlab/r1p2", station=station,
         port=5000, python="python3", sudo="sudo -n ",
     )  # fmt: skip

@@ -27,8 +27,9 @@ from splitlab.monitor import (
 from splitlab.results import ResultStore, UsageSample
 from splitlab.scenario import parse_scenario
 
-# A parent that starts a child; each burns a fixed amount of its own CPU time,
-# then both sleep.  The parent also holds 64 MiB it has written to.
+# A parent that, told to go, starts a child; each burns a fixed amount of its
+# own CPU time, then both sleep.  The parent also holds 64 MiB it has written
+# to.
 _BURNER = """
 import subprocess, sys, time
 def burn(cpu_s):
@@ -36,11 +37,12 @@ def burn(cpu_s):
     while time.process_time() - start < cpu_s:
         pass
 if sys.argv[1] == "parent":
-    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", ""])
     block = bytearray(64 * 2**20)
     for i in range(0, len(block), 4096):
         block[i] = 1
     print("ready", flush=True)
+    sys.stdin.readline()
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2], "child", ""])
     burn(0.4)
     child.wait()
     time.sleep(60)
@@ -53,6 +55,7 @@ else:
 def burner() -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "-c", _BURNER, "parent", _BURNER],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -62,6 +65,12 @@ def burner() -> Iterator[subprocess.Popen[str]]:
     for pid in reversed(process_tree(process.pid)):
         subprocess.run(["kill", "-9", str(pid)], check=False)
     process.wait()
+
+
+def _go(burner: subprocess.Popen[str]) -> None:
+    assert burner.stdin is not None
+    burner.stdin.write("go\n")
+    burner.stdin.flush()
 
 
 def _wait_for_cpu(pid: int, cpu_s: float, timeout_s: float = 30.0) -> float:
@@ -91,6 +100,7 @@ def test_tree_usage_counts_the_children_and_the_memory(
     burner: subprocess.Popen[str],
 ) -> None:
     assert len(process_tree(burner.pid)) >= 1
+    _go(burner)
     before = tree_usage(burner.pid)
     assert before is not None
     assert before[1] >= 64 * 2**20
@@ -117,6 +127,13 @@ def test_monitor_samples_add_up_to_the_cpu_burnt(
             sink=store_sink(store, run_id),
         )
         with monitor:
+            # The burning starts once the monitor has its first sample, so
+            # every CPU second falls between two samples.
+            deadline = time.monotonic() + 30
+            while not store.samples(run_id):
+                assert time.monotonic() < deadline, "no sample in 30 s"
+                time.sleep(0.02)
+            _go(burner)
             end_cpu = _settled_cpu(burner.pid)
     samples = store.samples(run_id)
     store.close()
