@@ -162,6 +162,17 @@ def test_overrides_are_validated() -> None:
         scenario.with_overrides(**{"workload.tasks_per_device": -1})
 
 
+def test_the_objective_is_validated_and_round_trips() -> None:
+    scenario = load_scenario()
+    assert scenario.objective == "total"
+    fair = scenario.with_overrides(objective="variance")
+    assert fair.objective == "variance"
+    again = parse_scenario(yaml.safe_load(fair.to_yaml()), source="yaml")
+    assert again.objective == "variance"
+    with pytest.raises(ConfigError, match="objective.*'fastest'"):
+        scenario.with_overrides(objective="fastest")
+
+
 _values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: (

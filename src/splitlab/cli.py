@@ -99,11 +99,13 @@ def _scenario(
     scheduler: str | None = None,
     tasks: int | None = None,
     data: Path | None = None,
+    objective: str | None = None,
 ) -> Scenario:
     scenario = load_scenario(path)
     overrides: dict[str, Any] = {
         "algorithm": algorithm,
         "scheduler": scheduler,
+        "objective": objective,
         "workload.tasks_per_device": tasks,
     }
     if data is not None:
@@ -133,6 +135,12 @@ _workspace_option = click.option(
 )
 @click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None)
 @click.option(
+    "--objective",
+    type=click.Choice(["total", "variance", "max"]),
+    default=None,
+    help="What the algorithm minimises (default: the scenario's, else total).",
+)
+@click.option(
     "--tasks", type=click.IntRange(min=1), default=None, help="Tasks per device."
 )
 @click.option(
@@ -150,10 +158,10 @@ _workspace_option = click.option(
 )
 @click.option(
     "--backend",
-    type=click.Choice(["local", "netns"]),
+    type=click.Choice(["local", "netns", "ssh"]),
     default=None,
-    help="Realise the testbed as local processes or Linux network namespaces "
-    "(default: the scenario's backend).",
+    help="Realise the testbed as local processes, Linux network namespaces or "
+    "real boards over SSH (default: the scenario's backend).",
 )
 @click.option(
     "--resume",
@@ -177,6 +185,7 @@ def run(
     scenario: str | None,
     algorithm: str | None,
     scheduler: str | None,
+    objective: str | None,
     tasks: int | None,
     data: Path | None,
     limit_mechanism: Any,
@@ -184,16 +193,21 @@ def run(
 ) -> None:
     """Run SCENARIO (a YAML file; the bundled default when omitted)."""
     if resume is not None:
-        if scenario or algorithm or scheduler or tasks or data or codec:
+        if scenario or algorithm or scheduler or objective or tasks or data or codec:
             raise ConfigError(
                 "--resume continues a run with its own scenario: give no "
-                "scenario, --algorithm, --scheduler, --tasks, --data or --codec "
-                "with it"
+                "scenario, --algorithm, --scheduler, --objective, --tasks, --data "
+                "or --codec with it"
             )
         loaded = resumable(workspace, resume)
     else:
         loaded = _scenario(
-            scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks, data=data
+            scenario,
+            algorithm=algorithm,
+            scheduler=scheduler,
+            tasks=tasks,
+            data=data,
+            objective=objective,
         )
         if codec is not None:
             loaded = loaded.with_codec(codec)
@@ -780,6 +794,12 @@ _planning_options = [
         "for your own, or entrypoint:NAME.",
     ),
     click.option("--scheduler", type=click.Choice(sorted(SCHEDULERS)), default=None),
+    click.option(
+        "--objective",
+        type=click.Choice(["total", "variance", "max"]),
+        default=None,
+        help="What the algorithm minimises (default: the scenario's, else total).",
+    ),
     click.option("--tasks", type=click.IntRange(min=1), default=None),
     _workspace_option,
 ]
@@ -798,6 +818,7 @@ def plan(
     scenario: str | None,
     algorithm: str | None,
     scheduler: str | None,
+    objective: str | None,
     tasks: int | None,
     workspace: Path | None,
 ) -> None:
@@ -807,7 +828,13 @@ def plan(
     without one, the model is profiled here and each device's times are
     this machine's divided by the device's CPU share.
     """
-    loaded = _scenario(scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks)
+    loaded = _scenario(
+        scenario,
+        algorithm=algorithm,
+        scheduler=scheduler,
+        tasks=tasks,
+        objective=objective,
+    )
     _predict(loaded, workspace, algorithm=loaded.algorithm, per_task=False)
 
 
@@ -824,6 +851,7 @@ def simulate(
     scenario: str | None,
     algorithm: str | None,
     scheduler: str | None,
+    objective: str | None,
     tasks: int | None,
     workspace: Path | None,
     cuts: str | None,
@@ -834,7 +862,13 @@ def simulate(
     The scheme is the scenario's algorithm's, or the one given with --cuts;
     profiles come from where 'splitlab plan' takes them.
     """
-    loaded = _scenario(scenario, algorithm=algorithm, scheduler=scheduler, tasks=tasks)
+    loaded = _scenario(
+        scenario,
+        algorithm=algorithm,
+        scheduler=scheduler,
+        tasks=tasks,
+        objective=objective,
+    )
     chosen: str | Algorithm = loaded.algorithm
     if cuts is not None:
         chosen = FixedScheme(_parse_cuts(cuts))
@@ -871,6 +905,7 @@ def _predict(
         links={device.name: device.link.spec() for device in loaded.devices},
         tasks=loaded.tasks(num_samples=len(data.labels)),
         scheduler=loaded.scheduler,
+        objective=loaded.objective,
         workers=loaded.base_station.workers,
         device_memory_bytes={d.name: d.memory_bytes for d in loaded.devices},
         priorities={d.name: d.priority for d in loaded.devices},

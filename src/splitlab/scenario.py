@@ -251,6 +251,9 @@ class Scenario(_Strict):
     replan: ReplanConfig | None = None
     monitoring: MonitoringConfig = MonitoringConfig()
     algorithm: str = "greedy"
+    # What the algorithm minimises: the total (mean) delay, the delay
+    # variance across tasks (fairness) or the largest delay.
+    objective: Literal["total", "variance", "max"] = "total"
     scheduler: str = "fcfs"
     base_station: BaseStationConfig = BaseStationConfig()
     devices: Annotated[tuple[DeviceConfig, ...], Field(min_length=1, max_length=256)]

@@ -463,6 +463,7 @@ class BaseStation:
             links={device.name: device.link.spec() for device in scenario.devices},
             tasks=tasks,
             scheduler=scenario.scheduler,
+            objective=scenario.objective,
             workers=scenario.base_station.workers,
             device_memory_bytes={
                 device.name: device.memory_bytes for device in scenario.devices
@@ -923,6 +924,7 @@ class BaseStation:
                 links=self._links,
                 tasks=remaining,
                 scheduler=scenario.scheduler,
+                objective=scenario.objective,
                 workers=scenario.base_station.workers,
                 device_memory_bytes={d.name: d.memory_bytes for d in scenario.devices},
                 priorities=self._priorities,
