@@ -360,3 +360,13 @@ def test_a_run_with_int8_zstd_shrinks_the_bytes_and_reports_agreement(
     text = " ".join(shown.stdout.split())
     assert "codec int8+zstd: 8 tasks against fp32: top-1 agreement" in text
     assert "8 sent in a lossy codec are compared" in text
+
+
+@pytest.mark.parametrize("name", ["int8", "fp16+zstd", "fp32+lz4"])
+def test_token_ids_cross_exactly_in_every_codec(name: str) -> None:
+    ids = np.array([[101, 7592, 2088, 30521, 102]], dtype=np.int64)
+    header, payload = encode(ids, name)
+    assert header["dtype"] == "int64"
+    back = decode(header, payload)
+    assert back.dtype == np.int64
+    assert np.array_equal(back, ids)

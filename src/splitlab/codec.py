@@ -71,6 +71,9 @@ MAX_DIMS: Final = 32
 ZSTD_LEVEL: Final = 3
 """The Zstandard compression level."""
 
+INTEGER_DTYPE: Final = "int64"
+"""The wire dtype of an integer tensor, which every codec sends exactly."""
+
 # The dtype each format puts on the wire.
 _WIRE_DTYPE: Final[dict[str, str]] = {
     "fp32": "float32",
@@ -166,10 +169,16 @@ def encode(
     """
     if isinstance(codec, str):
         codec = parse_codec(codec)
-    values = np.ascontiguousarray(array, dtype=np.float32)
     scale, zero_point = 1.0, 0
+    # Integers (a text model's token ids) cross exactly, whatever the number
+    # format; only the compressor applies.
+    integral = np.issubdtype(np.asarray(array).dtype, np.integer)
+    values = np.ascontiguousarray(array, dtype="<i8" if integral else np.float32)
 
-    if codec.number_format == "fp32":
+    encoded: npt.NDArray[Any]
+    if integral:
+        encoded = values
+    elif codec.number_format == "fp32":
         encoded = values.astype("<f4", copy=False)
     elif codec.number_format == "fp16":
         with np.errstate(over="ignore"):
@@ -189,7 +198,7 @@ def encode(
         payload = lz4.block.compress(payload, store_size=False)
     header = {
         "codec": codec.name,
-        "dtype": _WIRE_DTYPE[codec.number_format],
+        "dtype": INTEGER_DTYPE if integral else _WIRE_DTYPE[codec.number_format],
         "shape": [int(dim) for dim in values.shape],
         "scale": scale,
         "zero_point": zero_point,
@@ -200,8 +209,9 @@ def encode(
 
 def decode(
     header: dict[str, Any], payload: bytes | bytearray | memoryview
-) -> npt.NDArray[np.float32]:
-    """Rebuild the float32 tensor that :func:`encode` encoded.
+) -> npt.NDArray[Any]:
+    """Rebuild the tensor that :func:`encode` encoded: float32, or int64 for
+    integers (token ids), which cross exactly.
 
     Raises
     ------
@@ -215,10 +225,10 @@ def decode(
     if not isinstance(header, dict):
         raise ProtocolError(f"codec header is a {type(header).__name__}, not an object")
     dtype_name = header.get("dtype")
-    if not isinstance(dtype_name, str) or dtype_name not in _FORMAT_OF_DTYPE:
+    allowed = (*_FORMAT_OF_DTYPE, INTEGER_DTYPE)
+    if not isinstance(dtype_name, str) or dtype_name not in allowed:
         raise ProtocolError(
-            f"codec header has dtype {dtype_name!r}; allowed: "
-            f"{', '.join(_FORMAT_OF_DTYPE)}"
+            f"codec header has dtype {dtype_name!r}; allowed: {', '.join(allowed)}"
         )
     shape = header.get("shape")
     if (
@@ -255,6 +265,8 @@ def decode(
             f"bytes, the payload holds {len(raw)}"
         )
     encoded = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if dtype_name == INTEGER_DTYPE:
+        return encoded.astype(np.int64)
     if dtype_name == "int8":
         wide = (encoded.astype(np.float64) - zero_point) * scale
         return wide.astype(np.float32)
