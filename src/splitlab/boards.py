@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from subprocess import Popen
 from typing import Any, TypeVar
@@ -804,6 +804,18 @@ def package_files() -> list[tuple[Path, str]]:
 # --- the testbed ---------------------------------------------------------------
 
 
+class _LocalStation(LocalTestbed):
+    """The base station's process on this machine, listening where the boards
+    reach it rather than on loopback."""
+
+    address = "127.0.0.1"
+
+    @property
+    def station_host(self) -> str:
+        """The address the boards reach the base station at."""
+        return self.address
+
+
 class SshTestbed:
     """Runs a scenario's devices on real boards; the base station stays here.
 
@@ -836,7 +848,7 @@ class SshTestbed:
         self.scenario = scenario
         self.prefix = prefix
         self.save_to = save_to
-        self._station = LocalTestbed(scenario, prefix=prefix, prefer="sigstop")
+        self._station = _LocalStation(scenario, prefix=prefix, prefer="sigstop")
         self._weights = weights
         self._boards: dict[str, _Board] = {}
         self._processes: dict[str, BoardProcess] = {}
@@ -887,18 +899,8 @@ class SshTestbed:
         self.prepare()
         host = self.address
         logger.info("the base station listens on %s for the boards", host)
-        return self._station.start_station(
-            StationConfig(
-                run_id=config.run_id,
-                store=config.store,
-                scenario_yaml=config.scenario_yaml,
-                weights=config.weights,
-                secret=config.secret,
-                host=host,
-                port=config.port,
-                resume=config.resume,
-            )
-        )
+        self._station.address = host
+        return self._station.start_station(replace(config, host=host))
 
     def station_exit_code(self) -> int | None:
         """Wait for the station to exit and return its exit code."""
