@@ -94,6 +94,12 @@ class AgentConfig:
         What of the link the transport emulates: ``all`` (latency, rate and
         jitter), ``delay`` (latency and jitter; the kernel shapes the rate)
         or ``none`` (the kernel shapes everything).
+    warm:
+        The data set the station will name (``dataset``, ``data_dir``,
+        ``test_fraction``, ``seed``), or ``None``.  When given, the agent
+        loads it before its CPU limit is set, says ``ready`` on standard
+        output and waits for ``go`` on standard input: start-up is not what
+        a run measures, and at a small CPU share it would take minutes.
     """
 
     host: str
@@ -105,6 +111,7 @@ class AgentConfig:
     weights: Path | None = None
     data: Path | None = None
     transport: Transport = "all"
+    warm: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, line: str) -> AgentConfig:
@@ -124,9 +131,18 @@ class AgentConfig:
                 weights=_optional_path(data.get("weights")),
                 data=_optional_path(data.get("data")),
                 transport=transport,
+                warm=_optional_warm(data.get("warm")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"bad agent configuration: {error!r}") from None
+
+
+def _optional_warm(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"warm is a {type(value).__name__}, not an object")
+    return value
 
 
 def _optional_path(value: object) -> Path | None:
@@ -164,6 +180,7 @@ class DeviceAgent:
         self.seed = 0
         self.codec = DEFAULT_CODEC
         self.on_cut: Callable[[], None] | None = None
+        self._loaded: dict[tuple[str, str | None, float, int], Samples] = {}
 
     def cut_link(self) -> None:
         """Drop the current connection, as a cut link would (SIGUSR1)."""
@@ -229,6 +246,36 @@ class DeviceAgent:
         )
         return channel
 
+    def warm_up(self) -> None:
+        """Load the data set named by ``config.warm`` ahead of the run."""
+        warm = self.config.warm
+        if warm is not None:
+            self._inputs(
+                str(warm["dataset"]),
+                warm.get("data_dir"),
+                float(warm["test_fraction"]),
+                int(warm["seed"]),
+            )
+
+    def _inputs(
+        self, dataset: str, data_dir: object, test_fraction: float, seed: int
+    ) -> Samples:
+        """The inputs of a data set, loaded once per set of parameters."""
+        key = (
+            dataset,
+            None if data_dir is None else str(data_dir),
+            test_fraction,
+            seed,
+        )
+        if key not in self._loaded:
+            self._loaded[key] = load_inputs(
+                dataset,
+                data_dir=None if data_dir is None else Path(str(data_dir)),
+                test_fraction=test_fraction,
+                seed=seed,
+            )
+        return self._loaded[key]
+
     def _profile(self, message: Message) -> dict[str, Any]:
         request = message.header
         config = self.config
@@ -236,11 +283,11 @@ class DeviceAgent:
         if config.data is not None:
             dataset = read_npz(config.data)
         else:
-            dataset = load_inputs(
+            dataset = self._inputs(
                 str(request["dataset"]),
-                data_dir=Path(request["data_dir"]) if request.get("data_dir") else None,
-                test_fraction=float(request["test_fraction"]),
-                seed=int(request["seed"]),
+                request.get("data_dir"),
+                float(request["test_fraction"]),
+                int(request["seed"]),
             )
         self.inputs = dataset
         self.model = load_trained(
@@ -443,6 +490,13 @@ def main() -> int:
     agent = DeviceAgent(config)
     signal.signal(signal.SIGUSR1, lambda *_: agent.cut_link())
     try:
+        if config.warm is not None:
+            agent.warm_up()
+            print("ready", flush=True)
+            # The testbed sets the CPU limit now, then lets the agent go.
+            if sys.stdin.readline().strip() != "go":
+                logger.error("device %s: the testbed did not say go", config.node)
+                return 4
         return agent.serve()
     except ConnectionClosed:
         logger.error("device %s: the base station closed the connection", config.node)

@@ -15,11 +15,13 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +44,8 @@ from splitlab.station import StationConfig
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 5.0
+# How long every agent together may take to import and load its data set.
+READY_TIMEOUT_S = 180.0
 # Every process a testbed starts carries its run prefix in this variable, so
 # `splitlab testbed down` can find what a killed CLI left running.
 PREFIX_VARIABLE = "SPLITLAB_TESTBED"
@@ -125,52 +129,83 @@ class LocalTestbed:
         return _events(self.station.stdout)
 
     def start_devices(self, *, port: int, secret: bytes) -> list[DeviceProcess]:
-        """Start every device agent and put each under its CPU and memory limit."""
-        started = []
-        for index, config in enumerate(self.scenario.devices):
-            command = self.node_command(
-                config.name, [sys.executable, "-m", "splitlab.agent"]
-            )
-            logger.debug("starting device %s: %s", config.name, " ".join(command))
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                start_new_session=True,
-                env=self._environment(),
-            )
-            try:
-                limit = self.limiter.apply(
-                    process.pid,
-                    LimitSpec(cpu_share=config.share, memory_bytes=config.memory_bytes),
-                    name=config.name,
+        """Start every device agent and put each under its CPU and memory limit.
+
+        The agents start at full speed and load the scenario's data set
+        first; only when every one has said ``ready`` are the limits, pins and
+        loads set and the agents told to go on and connect.
+        """
+        data = self.scenario.data
+        warm = {
+            "dataset": data.dataset,
+            "data_dir": None if data.dir is None else str(data.dir),
+            "test_fraction": self.scenario.training.test_fraction,
+            "seed": self.scenario.seed,
+        }
+        spawned: list[tuple[DeviceConfig, subprocess.Popen[bytes]]] = []
+        try:
+            for config in self.scenario.devices:
+                command = self.node_command(
+                    config.name, [sys.executable, "-m", "splitlab.agent"]
                 )
-                if config.cpus is not None:
-                    pin(process.pid, config.cpus, field=f"devices[{index}].cpus")
-                if config.load is not None:
-                    load = self.start_load(index, config, limit)
-                    if load is not None:
-                        self.loads[config.name] = load
-            except BaseException:
-                process.kill()
-                raise
-            for command_line in limit.commands:
-                logger.debug("%s: %s", config.name, command_line)
-            line = json.dumps(
-                {
-                    "host": self.station_host,
-                    "port": port,
-                    "node": config.name,
-                    "secret": secret.hex(),
-                    "threads": 1,
-                }
-            )
-            assert process.stdin is not None
-            process.stdin.write(line.encode() + b"\n")
-            process.stdin.close()
-            device = DeviceProcess(config, process, limit)
-            self.devices[config.name] = device
-            started.append(device)
-        return started
+                logger.debug("starting device %s: %s", config.name, " ".join(command))
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    start_new_session=True,
+                    env=self._environment(),
+                )
+                spawned.append((config, process))
+                line = json.dumps(
+                    {
+                        "host": self.station_host,
+                        "port": port,
+                        "node": config.name,
+                        "secret": secret.hex(),
+                        "threads": 1,
+                        "warm": warm,
+                    }
+                )
+                assert process.stdin is not None
+                process.stdin.write(line.encode() + b"\n")
+                process.stdin.flush()
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            for config, process in spawned:
+                _await_ready(config.name, process, deadline)
+            return [
+                self._hold_and_release(index, config, process)
+                for index, (config, process) in enumerate(spawned)
+            ]
+        except BaseException:
+            for _, process in spawned:
+                if process.pid not in {d.process.pid for d in self.devices.values()}:
+                    process.kill()
+            raise
+
+    def _hold_and_release(
+        self, index: int, config: DeviceConfig, process: subprocess.Popen[bytes]
+    ) -> DeviceProcess:
+        """Put one ready agent under its limit, pin and load; then let it go."""
+        limit = self.limiter.apply(
+            process.pid,
+            LimitSpec(cpu_share=config.share, memory_bytes=config.memory_bytes),
+            name=config.name,
+        )
+        device = DeviceProcess(config, process, limit)
+        self.devices[config.name] = device
+        if config.cpus is not None:
+            pin(process.pid, config.cpus, field=f"devices[{index}].cpus")
+        if config.load is not None:
+            load = self.start_load(index, config, limit)
+            if load is not None:
+                self.loads[config.name] = load
+        for command_line in limit.commands:
+            logger.debug("%s: %s", config.name, command_line)
+        assert process.stdin is not None
+        process.stdin.write(b"go\n")
+        process.stdin.close()
+        return device
 
     def start_load(
         self, index: int, config: DeviceConfig, limit: AppliedLimit
@@ -416,6 +451,28 @@ def group_prefixes() -> set[str]:
             if group.is_dir():
                 prefixes.add(group.name.removeprefix("splitlab-").split("-", 1)[0])
     return prefixes
+
+
+def _await_ready(name: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait until an agent says ``ready`` on standard output.
+
+    Raises
+    ------
+    TestbedError
+        If it exits or stays silent until ``deadline``.
+    """
+    assert process.stdout is not None
+    remaining_s = deadline - time.monotonic()
+    readable, _, _ = select.select([process.stdout], [], [], max(0.0, remaining_s))
+    line = process.stdout.readline() if readable else b""
+    process.stdout.close()
+    if line.strip() != b"ready":
+        code = process.poll()
+        state = "is still silent" if code is None else f"exited with code {code}"
+        raise TestbedError(
+            f"device {name} did not get ready within {READY_TIMEOUT_S:.0f} s "
+            f"(it {state})"
+        )
 
 
 def _events(stream: IO[str]) -> Iterator[dict[str, Any]]:
