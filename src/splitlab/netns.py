@@ -53,7 +53,7 @@ from splitlab.network import (
     teardown_script,
 )
 from splitlab.scenario import Scenario
-from splitlab.testbed import LocalTestbed, pin
+from splitlab.testbed import LocalTestbed, owner_alive, pin
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,11 @@ def remove_networks(prefix: str | None = None) -> list[str]:
     for namespace in _namespaces():
         if not namespace.startswith(start):
             continue
-        prefixes.add(namespace.removeprefix("splitlab-").split("-", 1)[0])
+        owner = namespace.removeprefix("splitlab-").split("-", 1)[0]
+        # A sweep of every run spares the runs still going.
+        if prefix is None and owner_alive(owner):
+            continue
+        prefixes.add(owner)
         pids = _output(["ip", "netns", "pids", namespace]).split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):

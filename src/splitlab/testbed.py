@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import shlex
 import shutil
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
 # How long every agent together may take to import and load its data set.
 READY_TIMEOUT_S = 180.0
+# The prefix :func:`splitlab.experiment.run_scenario` gives a run.
+_RUN_PREFIX = re.compile(r"r\d+p(\d+)")
 # Every process a testbed starts carries its run prefix in this variable, so
 # `splitlab testbed down` can find what a killed CLI left running.
 PREFIX_VARIABLE = "SPLITLAB_TESTBED"
@@ -414,10 +417,16 @@ def teardown(prefix: str | None = None) -> list[str]:
     """Stop every leftover process and remove every leftover control group.
 
     Returns one line per thing removed.  ``prefix`` limits the sweep to one
-    run; without it, everything any splitlab testbed left is removed.
+    run; without it, everything any splitlab testbed left is removed except
+    what belongs to a run whose command is still running (see
+    :func:`owner_alive`).
     """
     removed = []
-    leftovers = find_leftovers(prefix)
+    leftovers = [
+        leftover
+        for leftover in find_leftovers(prefix)
+        if prefix is not None or not owner_alive(leftover.prefix)
+    ]
     for leftover in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(leftover.pid, signal.SIGCONT)
@@ -426,11 +435,33 @@ def teardown(prefix: str | None = None) -> list[str]:
     prefixes = (
         {prefix}
         if prefix
-        else group_prefixes() | {leftover.prefix for leftover in leftovers}
+        else {each for each in group_prefixes() if not owner_alive(each)}
+        | {leftover.prefix for leftover in leftovers}
     )
     for each in sorted(prefixes):
         removed.extend(f"removed {group}" for group in cleanup_prefix(each))
     return removed
+
+
+def owner_alive(prefix: str) -> bool:
+    """True while the command that started run ``prefix`` is still running.
+
+    A run's prefix is ``r<run>p<pid>``, the pid being the CLI's (or the
+    process's that called :func:`splitlab.experiment.run_scenario`); a sweep
+    without a prefix leaves such a run alone.  Prefixes of another form have
+    no known owner.
+    """
+    found = _RUN_PREFIX.fullmatch(prefix)
+    if found is None:
+        return False
+    pid = int(found.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def group_prefixes() -> set[str]:
