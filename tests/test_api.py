@@ -558,7 +558,7 @@ def test_a_run_stops_and_runs_compare(
     assert stopped["state"] in ("stopping", "failed")
     ended = wait_for(client, job["job_id"], lambda j: j["state"] != "stopping", 60)
     # The CLI ends a run it was told to stop like one interrupted by Ctrl-C.
-    assert ended["state"] == "failed" and ended["returncode"] == 1, ended
+    assert ended["state"] == "failed" and ended["returncode"] == 5, ended
     assert ended["progress"]["status"] == "incomplete"
     assert ended["progress"]["done"] < 800
     with ResultStore(workspace / "results.sqlite") as store:

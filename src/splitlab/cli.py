@@ -264,15 +264,25 @@ def run(
     # SIGTERM stops a run like Ctrl-C does: the testbed is torn down and the
     # run is marked incomplete.
     signal.signal(signal.SIGTERM, _interrupt)
-    with progress:
-        outcome = run_scenario(
-            loaded,
-            workspace=workspace,
-            on_event=on_event,
-            progress=True,
-            limit_mechanism=limit_mechanism,
-            resume=resume,
+    try:
+        with progress:
+            outcome = run_scenario(
+                loaded,
+                workspace=workspace,
+                on_event=on_event,
+                progress=True,
+                limit_mechanism=limit_mechanism,
+                resume=resume,
+            )
+    except KeyboardInterrupt:
+        # The testbed is down and the run marked incomplete by now.
+        errors.print(
+            "[bold red]interrupted:[/] the run is incomplete; its finished tasks "
+            "are in the store ('splitlab runs' lists it; 'splitlab run --resume "
+            "RUN' runs the rest)",
+            highlight=False,
         )
+        sys.exit(5)
     weights = outcome.weights
     source = "trained now" if weights.trained_now else "cached"
     if is_onnx_file(loaded.model):

@@ -135,8 +135,9 @@ class Dataset:
         return int(self.labels.shape[0])
 
     def sample(self, index: int) -> npt.NDArray[np.float32]:
-        """Image ``index`` as a batch of one: ``(1, 3, 32, 32)``."""
-        sample: npt.NDArray[np.float32] = self.images[index][None]
+        """Image ``index`` as a batch of one: ``(1, 3, 32, 32)``, a copy the
+        caller may write to."""
+        sample: npt.NDArray[np.float32] = self.images[index][None].copy()
         return sample
 
     def split(self, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -126,8 +126,9 @@ class SentenceSet:
         return len(self.texts)
 
     def sample(self, index: int) -> npt.NDArray[np.int64]:
-        """Sentence ``index`` as a batch of one: ``(1, tokens)`` int64."""
-        return self.tokens[index][None]
+        """Sentence ``index`` as a batch of one: ``(1, tokens)`` int64, a copy
+        the caller may write to."""
+        return self.tokens[index][None].copy()
 
 
 def load_sentences(folder: Path | None = None) -> SentenceSet:
