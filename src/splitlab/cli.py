@@ -8,6 +8,7 @@ on standard error and the exit code of its :mod:`splitlab.errors` class;
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -88,6 +89,10 @@ def main(ctx: click.Context, verbose: int, debug: bool) -> None:
     """splitlab: partition models between devices and a base station, and
     measure every task's delay."""
     ctx.obj = {"debug": debug}
+    # Progress reaches a pipe (``| tee run.log``) as it happens.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
@@ -558,8 +563,8 @@ def _print_check(result: TestbedCheck, *, title: str) -> None:
         table.add_row(
             item.node,
             _QUANTITIES.get(item.quantity, item.quantity),
-            f"{item.configured:g}",
-            f"{item.measured:.3g}",
+            f"{item.configured:.4g}",
+            f"{item.measured:.4g}",
             error,
             "ok" if item.within else "[red]off[/]",
         )
