@@ -18,8 +18,8 @@ from splitlab.errors import ConfigError
 from splitlab.experiment import run_scenario
 from splitlab.limit import detect_capabilities
 from splitlab.results import ResultStore
-from splitlab.scenario import Scenario, parse_scenario
-from splitlab.testbed import LocalTestbed, find_leftovers
+from splitlab.scenario import DeviceConfig, Scenario, parse_scenario
+from splitlab.testbed import DeviceProcess, LocalTestbed, find_leftovers
 
 pytestmark = pytest.mark.slow
 
@@ -153,14 +153,23 @@ def test_a_device_that_never_connects_stops_the_run_with_a_reason(
 ) -> None:
     import splitlab.station
 
-    # A device whose process is killed before it connects.
-    def on_started(testbed: LocalTestbed) -> None:
-        threading.Thread(target=testbed.kill_device, args=("d2",)).start()
+    # A device that freezes once ready, before it is let go to connect.
+    release = LocalTestbed._hold_and_release
 
+    def freeze_d2(
+        testbed: LocalTestbed,
+        index: int,
+        config: DeviceConfig,
+        process: subprocess.Popen[bytes],
+    ) -> DeviceProcess:
+        if config.name == "d2":
+            os.kill(process.pid, signal.SIGSTOP)
+        return release(testbed, index, config, process)
+
+    monkeypatch.setattr(LocalTestbed, "_hold_and_release", freeze_d2)
     monkeypatch.setenv("SPLITLAB_CONNECT_TIMEOUT_S", "8")
     assert splitlab.station.connect_timeout_s() == 8.0
-    outcome = run_scenario(_scenario(5, 50), workspace=tmp_path,
-                           on_started=on_started)  # fmt: skip
+    outcome = run_scenario(_scenario(5, 50), workspace=tmp_path)
     assert outcome.status == "incomplete"
     assert outcome.reason == "devices d2 did not connect within 8 s"
 

@@ -192,9 +192,16 @@ def test_links_are_shaped_as_configured_both_ways(prefix: str, tmp_path: Path) -
         testbed.close()
     assert _leftovers(prefix) == []
     for node in ("far", "near"):
-        for quantity in ("latency_ms", "uplink_mbps", "downlink_mbps"):
+        for quantity in ("uplink_mbps", "downlink_mbps"):
             comparison = check.get(node, quantity)
             assert abs(comparison.error) <= 0.05, comparison
+        # Within 5 %, or within 0.4 ms on a short link: without netem each
+        # packet passes the userspace delay stage, whose wake-up and copy
+        # cost about 0.1 ms a pass on a quiet machine and more on a busy one.
+        latency = check.get(node, "latency_ms")
+        assert abs(latency.measured - latency.configured) <= max(
+            0.05 * latency.configured, 0.4
+        ), latency
     for quantity in ("uplink_loss_percent", "downlink_loss_percent"):
         comparison = check.get("far", quantity)
         assert abs(comparison.error) <= 1.0, comparison
