@@ -45,7 +45,8 @@ _COMPUTE_OPS = frozenset({"call_module", "call_function", "call_method"})
 
 @dataclass(frozen=True, slots=True)
 class CutPoint:
-    """A position in a traced model where exactly one tensor crosses.
+    """A position in a traced model (or an ONNX graph, where ``after`` and
+    ``tensor`` are node and tensor labels) where exactly one tensor crosses.
 
     Attributes
     ----------

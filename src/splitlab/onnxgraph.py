@@ -41,6 +41,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from splitlab.errors import ConfigError
+from splitlab.graph import CutPoint
 from splitlab.models import USER_INPUT_SHAPE, StagedModel
 
 logger = logging.getLogger(__name__)
@@ -69,33 +70,6 @@ _ORT_ERRORS = (
 
 # Shown when a refused cut lists the tensors that cross it.
 _SHOWN_TENSORS = 4
-
-
-@dataclass(frozen=True, slots=True)
-class OnnxCut:
-    """A position in an ONNX graph where exactly one tensor crosses.
-
-    Attributes
-    ----------
-    index:
-        How many non-constant nodes run before the cut: ``0`` sends the
-        graph's input, the last cut sends its output.
-    after:
-        Label of the node just before the cut (the input's name at
-        ``index == 0``); :meth:`OnnxGraph.split` takes this label.
-    tensor:
-        Name of the tensor that crosses the cut.
-    shape:
-        Shape of the crossing tensor for the example input, batch included.
-    tensor_bytes:
-        Bytes of the crossing tensor for the example input.
-    """
-
-    index: int
-    after: str
-    tensor: str
-    shape: tuple[int, ...]
-    tensor_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +254,8 @@ class OnnxGraph:
         self.crossing = self._crossing()
         self._types = _value_types(model)
         self.shapes = self._probe(example)
-        self.cuts: tuple[OnnxCut, ...] = tuple(
-            OnnxCut(
+        self.cuts: tuple[CutPoint, ...] = tuple(
+            CutPoint(
                 index,
                 self._after(index),
                 values[0],
@@ -396,7 +370,7 @@ class OnnxGraph:
     def _after(self, index: int) -> str:
         return self.labels[index - 1] if index else self.input.name
 
-    def cut(self, after: str) -> OnnxCut:
+    def cut(self, after: str) -> CutPoint:
         """The valid cut just after the node labelled ``after``.
 
         Raises
